@@ -1,0 +1,3 @@
+from gpt4all.pipeline import main
+
+main()

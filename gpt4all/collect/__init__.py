@@ -1,0 +1,1 @@
+"""collect: send prompts to a teacher chat model through the openai client."""

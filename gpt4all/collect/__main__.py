@@ -1,0 +1,3 @@
+from gpt4all.collect.app import main
+
+main()

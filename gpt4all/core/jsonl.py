@@ -1,0 +1,69 @@
+"""JSONL reading and writing with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class JsonlError(ValueError):
+    """A malformed line; the message names file and line number."""
+
+
+def iter_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each non-blank line; raise JsonlError naming file:line on bad input."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise JsonlError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(rec, dict):
+                raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            for key in required:
+                if key not in rec:
+                    raise JsonlError(f"{path}:{lineno}: missing field '{key}' (fields: {', '.join(rec) or 'none'})")
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    return [rec for _, rec in iter_jsonl(path, required)]
+
+
+def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> Path:
+    """Write records atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class JsonlAppender:
+    """Append records one at a time, flushed to disk as they arrive (so a crash loses nothing written)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

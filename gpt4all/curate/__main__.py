@@ -1,0 +1,3 @@
+from gpt4all.curate.app import main
+
+main()

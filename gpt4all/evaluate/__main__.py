@@ -1,0 +1,3 @@
+from gpt4all.evaluate.app import main
+
+main()

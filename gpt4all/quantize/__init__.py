@@ -1,0 +1,1 @@
+"""Export finetuned models to GGUF and quantize them with llama.cpp."""

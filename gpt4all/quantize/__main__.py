@@ -1,0 +1,3 @@
+from gpt4all.quantize.app import main
+
+main()

@@ -1,0 +1,3 @@
+from gpt4all.train.app import main
+
+main()

@@ -1,0 +1,333 @@
+"""Stage train: data module (tokenize, split, pad) and LoRA module (overfit, frozen base, save/reload)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from datasets import Dataset
+from omegaconf import OmegaConf
+
+from gpt4all.core.template import IGNORE_INDEX, encode_pair, render_prompt
+from gpt4all.train.data import ChatDataModule, PadCollator, split_sizes
+from gpt4all.train.module import LoRAModule, lr_factor
+
+TEMPLATE = OmegaConf.create(
+    {
+        "prompt": "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+        "response_suffix": "<|im_end|>\n",
+    }
+)
+LORA = OmegaConf.create(
+    {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "bias": "none",
+    }
+)
+
+PAIRS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Name a primary color.", "Red is a primary color."),
+    ("What is 2 + 2?", "2 + 2 equals 4."),
+    ("Say hello.", "Hello!"),
+    ("What color is the sky?", "The sky is blue on a clear day."),
+    ("Give me a fruit.", "An apple."),
+    ("What is water made of?", "Water is made of hydrogen and oxygen."),
+    ("Spell cat.", "C-A-T."),
+    ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet."),
+    ("How many days are in a week?", "A week has seven days."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Count to three.", "One, two, three."),
+]
+
+
+def save_pairs(path: Path, pairs=PAIRS) -> Path:
+    Dataset.from_dict(
+        {
+            "id": [f"r{i}" for i in range(len(pairs))],
+            "prompt": [p for p, _ in pairs],
+            "response": [r for _, r in pairs],
+            "source": ["test"] * len(pairs),
+        }
+    ).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return save_pairs(tmp_path_factory.mktemp("curated") / "dataset")
+
+
+def load_base(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Llama with its (tied) embeddings scaled x10, saved as a HF checkpoint.
+
+    At the default init (std 0.02, hidden 64, frozen final norm) the logits stay within about +-1.3, so no
+    adapter on the linear layers can take the loss much below ln(49152) = 10.8 (40 steps: 10.8 -> 10.2).
+    Scaled, the same 40 steps overfit 12 pairs from 13.1 to about 6.5: a clear signal that training works.
+    """
+    model = load_base(tiny_model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(10.0)
+    out = tmp_path_factory.mktemp("tiny_llama_x10")
+    model.save_pretrained(out)
+    return out
+
+
+def quiet_trainer(**kw) -> L.Trainer:
+    args = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+
+def test_split_sizes():
+    assert split_sizes(12, 0.1) == (11, 1)
+    assert split_sizes(12, 0.25) == (9, 3)
+    assert split_sizes(2, 0.01) == (1, 1)
+    assert split_sizes(1, 0.5) == (1, 0)
+    assert split_sizes(12, 0.0) == (12, 0)
+    with pytest.raises(ValueError):
+        split_sizes(12, 1.0)
+
+
+def test_split_is_seeded_and_disjoint(data_dir, tokenizer):
+    def split(seed):
+        dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, batch_size=4, val_fraction=0.25, seed=seed)
+        dm.setup("fit")
+        return [tuple(e["input_ids"]) for e in dm.train_examples], [tuple(e["input_ids"]) for e in dm.val_examples]
+
+    train_a, val_a = split(0)
+    train_b, val_b = split(0)
+    assert (train_a, val_a) == (train_b, val_b)
+    assert len(train_a) == 9 and len(val_a) == 3
+    assert not set(train_a) & set(val_a)
+    assert set(train_a) | set(val_a) == {
+        tuple(encode_pair(lambda t: tokenizer.encode(t, add_special_tokens=False), TEMPLATE, p, r, 512)[0])
+        for p, r in PAIRS
+    }
+    assert split(1)[1] != val_a or split(2)[1] != val_a
+
+
+def test_labels_mask_prompt_and_padding(data_dir, tokenizer):
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, batch_size=4, val_fraction=0.0, seed=0)
+    dm.setup("fit")
+    assert dm.num_train_examples == 12 and dm.num_val_examples == 0
+    assert dm.val_dataloader() == []
+    enc = lambda t: tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    suffix_ids = enc(TEMPLATE.response_suffix)
+    by_ids = {}
+    for p, r in PAIRS:
+        by_ids[tuple(enc(render_prompt(TEMPLATE, p)) + enc(r + TEMPLATE.response_suffix))] = (p, r)
+
+    seen = 0
+    pad = tokenizer.pad_token_id
+    for batch in dm.train_dataloader():
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        assert ids.dtype == mask.dtype == labels.dtype == torch.long
+        assert ids.shape == mask.shape == labels.shape
+        lengths = mask.sum(1)
+        assert lengths.max() == ids.shape[1]  # padded to the batch max, not to max_length
+        for row in range(ids.shape[0]):
+            k = int(lengths[row])
+            assert mask[row, :k].all() and not mask[row, k:].any()  # right padding
+            assert (ids[row, k:] == pad).all()
+            assert (labels[row, k:] == IGNORE_INDEX).all()
+            p, r = by_ids[tuple(ids[row, :k].tolist())]
+            n_prompt = len(enc(render_prompt(TEMPLATE, p)))
+            assert (labels[row, :n_prompt] == IGNORE_INDEX).all()
+            resp = labels[row, n_prompt:k].tolist()
+            assert IGNORE_INDEX not in resp
+            assert resp == enc(r + TEMPLATE.response_suffix)
+            assert resp[-len(suffix_ids):] == suffix_ids  # the model is taught to stop
+            seen += 1
+    assert seen == 12
+
+
+def test_train_loader_shuffle_is_seeded(data_dir, tokenizer):
+    def first_epoch(seed):
+        dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, batch_size=3, val_fraction=0.0, seed=seed)
+        return [b["input_ids"][:, :5].tolist() for b in dm.train_dataloader()]
+
+    assert first_epoch(3) == first_epoch(3)
+
+
+def test_collator_pads_with_pad_id():
+    batch = PadCollator(7)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}])
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
+
+
+def test_empty_dataset_raises_naming_dir(tmp_path, tokenizer):
+    d = save_pairs(tmp_path / "empty_ds", pairs=[])
+    dm = ChatDataModule(d, tokenizer, TEMPLATE)
+    with pytest.raises(ValueError, match="empty_ds"):
+        dm.setup("fit")
+
+
+def test_missing_column_raises_naming_dir(tmp_path, tokenizer):
+    d = tmp_path / "no_response_ds"
+    Dataset.from_dict({"id": ["a"], "prompt": ["hi"], "source": ["x"]}).save_to_disk(str(d))
+    with pytest.raises(ValueError, match="no_response_ds.*response"):
+        ChatDataModule(d, tokenizer, TEMPLATE).setup("fit")
+
+
+# -- module -------------------------------------------------------------------------------------------------
+
+def test_lr_schedule():
+    assert lr_factor(0, 4, 20) == pytest.approx(0.25)
+    assert lr_factor(3, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(4, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20) == pytest.approx(0.5)
+    assert lr_factor(19, 4, 20) > 0
+    assert lr_factor(12, 4, 20, "constant") == 1.0
+    assert lr_factor(100, 0, float("inf")) == 1.0
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+        self.metrics: list[dict[str, float]] = []
+        self.val_losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if "val/loss" in trainer.callback_metrics:
+            self.val_losses.append(float(trainer.callback_metrics["val/loss"]))
+
+
+@pytest.fixture(scope="module")
+def trained(base_dir, data_dir, tokenizer):
+    """LoRA on the tiny model, 40 steps at lr 1e-2 on 12 pairs: it must overfit."""
+    L.seed_everything(0, verbose=False)
+    base = load_base(base_dir)
+    assert not base.training  # from_pretrained gives eval mode; the module must switch to train
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    module = LoRAModule(base, LORA, lr=1e-2, weight_decay=0.0, warmup_steps=5)
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=4, val_fraction=0.25, seed=0)
+    rec = Recorder()
+    trainer = quiet_trainer(max_steps=40, callbacks=[rec], log_every_n_steps=1, check_val_every_n_epoch=5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(module, datamodule=dm)
+    return module, rec, base_state, trainer
+
+
+def test_lora_overfits(trained):
+    module, rec, _, trainer = trained
+    assert module.model.training
+    assert trainer.global_step == 40 and len(rec.losses) == 40
+    first, last = rec.losses[0], sum(rec.losses[-3:]) / 3
+    assert last < 0.7 * first, (first, rec.losses[-5:])
+    assert rec.val_losses and rec.val_losses[-1] < rec.losses[0]
+
+
+def test_logged_metrics(trained):
+    module, rec, _, _ = trained
+    m = rec.metrics[-1]
+    for key in ("train/loss", "train/tokens", "train/tokens_seen", "train/tokens_per_s", "lr"):
+        assert key in m, sorted(m)
+    assert m["train/tokens"] > 0 and m["train/tokens_per_s"] > 0
+    assert m["train/tokens_seen"] == module.tokens_seen >= 40 * 1
+    lrs = [x["lr"] for x in rec.metrics]
+    assert lrs[0] == pytest.approx(1e-2 / 5)  # warmup
+    assert max(lrs) == pytest.approx(1e-2)
+    assert lrs[-1] < lrs[10]  # linear decay
+    assert "val/loss" in m
+
+
+def test_only_lora_trains(trained):
+    module, _, base_state, _ = trained
+    trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert module.num_trainable_params == sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    assert module.num_trainable_params < module.num_total_params
+    base = module.model.get_base_model()
+    for name, value in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.equal(value, base_state[key]), name
+    lora_b = [p for n, p in module.model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero; training moved it
+
+
+def test_save_reload_matches(trained, base_dir, tokenizer, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    module, _, _, _ = trained
+    paths = module.save(tmp_path / "out", tokenizer)
+    assert set(paths) == {"adapter", "merged"}
+    assert (paths["adapter"] / "adapter_config.json").is_file()
+    assert (paths["adapter"] / "adapter_model.safetensors").is_file()
+    assert list(paths["merged"].glob("*.safetensors"))
+    assert (paths["merged"] / "config.json").is_file()
+
+    ids = torch.tensor([tokenizer.encode(render_prompt(TEMPLATE, PAIRS[0][0]) + PAIRS[0][1], add_special_tokens=False)])
+    peft_model = module.model
+    was_training = peft_model.training
+    peft_model.eval()
+    with torch.no_grad():
+        ref = peft_model(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(load_base(base_dir), str(paths["adapter"])).eval()
+        adapter_logits = reloaded(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(str(paths["merged"]), dtype=torch.float32).eval()
+        merged_logits = merged(input_ids=ids).logits
+        base_logits = load_base(base_dir).eval()(input_ids=ids).logits
+    peft_model.train(was_training)
+
+    torch.testing.assert_close(adapter_logits, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged_logits, ref, atol=1e-4, rtol=1e-4)
+    assert (merged_logits - base_logits).abs().max() > 1e-2
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    # the merge happened on a copy: the live module still carries its adapter
+    assert any("lora_A" in n for n, _ in module.model.named_parameters())
+
+
+def test_no_val_set_trains(tiny_model_dir, data_dir, tokenizer):
+    """val_fraction=0: val_dataloader returns [] and Lightning skips validation; constant schedule."""
+    module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3, warmup_steps=0, schedule="constant")
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=32, batch_size=6, val_fraction=0.0)
+    rec = Recorder()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        quiet_trainer(max_steps=3, callbacks=[rec], log_every_n_steps=1).fit(module, datamodule=dm)
+    assert len(rec.losses) == 3 and not rec.val_losses
+    assert [m["lr"] for m in rec.metrics] == [pytest.approx(1e-3)] * 3
+
+
+def test_bad_schedule_rejected(tiny_model_dir):
+    with pytest.raises(ValueError, match="schedule"):
+        LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3, schedule="cosine")
