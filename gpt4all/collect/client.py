@@ -21,14 +21,17 @@ log = logging.getLogger(__name__)
 LOCAL_PLACEHOLDER_KEY = "sk-no-key-needed"
 
 
-def api_key_for(teacher: Any) -> str:
-    """The API key from the environment variable named by teacher.api_key_env (never from config)."""
+def api_key_for(teacher: Any, base_url: str | None) -> str:
+    """The API key from the environment variable named by teacher.api_key_env (never from config).
+
+    OpenAI itself (base_url null) needs one; a local or self-hosted endpoint gets a placeholder when unset.
+    """
     env = teacher.api_key_env
     key = os.environ.get(env) if env else None
     if key:
         return key
-    if teacher.base_url is None and teacher.server is None:
-        raise RuntimeError(f"teacher '{teacher.name}' needs an API key: set the environment variable {env}")
+    if base_url is None and not os.environ.get("OPENAI_BASE_URL"):
+        raise RuntimeError(f"teacher '{teacher.name}' needs an API key: set the environment variable {env or 'OPENAI_API_KEY'}")
     return LOCAL_PLACEHOLDER_KEY
 
 
@@ -71,7 +74,7 @@ async def _ask(client: openai.AsyncOpenAI, teacher: Any, p: Prompt) -> dict[str,
 async def check_endpoint(client: openai.AsyncOpenAI, base_url: str) -> None:
     """Fail fast with a clear message when nothing answers at base_url."""
     try:
-        await client.models.list()
+        await client.with_options(timeout=10, max_retries=1).models.list()
     except openai.APIConnectionError as err:
         raise ConnectionError(f"teacher endpoint {base_url} is unreachable: {err}") from None
     except openai.APIStatusError:
@@ -81,7 +84,7 @@ async def check_endpoint(client: openai.AsyncOpenAI, base_url: str) -> None:
 async def collect(prompts: list[Prompt], teacher: Any, base_url: str | None, out_path: Path, progress: bool = True) -> dict[str, Any]:
     """Ask the teacher every prompt; append each record to out_path as it arrives. Returns counts and tokens."""
     client = openai.AsyncOpenAI(
-        base_url=base_url, api_key=api_key_for(teacher), timeout=teacher.timeout_s, max_retries=teacher.max_retries
+        base_url=base_url, api_key=api_key_for(teacher, base_url), timeout=teacher.timeout_s, max_retries=teacher.max_retries
     )
     await check_endpoint(client, str(client.base_url))
     sem = asyncio.Semaphore(teacher.concurrency)

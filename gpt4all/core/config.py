@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -169,7 +169,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             bad = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
             allowed = ", ".join(sorted(schema.__dataclass_fields__))
             raise ConfigError(
-                f"invalid config at '{key}.{bad}': {err.msg if hasattr(err, 'msg') else err}\n"
+                f"invalid config at '{key}.{bad}': {str(err).splitlines()[0]}\n"
                 f"  keys allowed in '{key}': {allowed}"
             ) from None
         missing = OmegaConf.missing_keys(merged)
@@ -184,9 +184,10 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain data, without Hydra's own node."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    return data
+    node = cfg.copy()
+    with open_dict(node):
+        node.pop("hydra", None)
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def config_hash(cfg: DictConfig | dict) -> str:

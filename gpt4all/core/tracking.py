@@ -30,6 +30,13 @@ def redact(data: Any) -> Any:
     return data
 
 
+def run_label(run_dir: Path, stage: str) -> str:
+    """`<time>` for a run dir, `<pipeline time>` for a pipeline's stage dir, `<sweep time>-<job>` in a sweep."""
+    if run_dir.name == stage:
+        run_dir = run_dir.parent
+    return f"{run_dir.parent.name}-{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
+
+
 class Tracker:
     """One tracked run per stage: metrics, tables and images go to every configured logger."""
 
@@ -50,7 +57,7 @@ class Tracker:
                 tags=list(w.tags or []),
                 mode=w.mode,
                 job_type=stage,
-                name=f"{stage}-{self.run_dir.parent.name if stage != self.run_dir.name else ''}{self.run_dir.name}",
+                name=f"{stage}-{run_label(self.run_dir, stage)}",
                 dir=str(self.run_dir),
                 config=self.config,
                 reinit="finish_previous",

@@ -1,0 +1,96 @@
+"""Every config group option composes and validates; typos and wrong types fail naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+from gpt4all.core.config import CONF_DIR, ConfigError, to_container, validate
+
+STAGES = ["collect", "curate", "train", "quantize", "evaluate", "pipeline"]
+# options whose required values (???) a user must give
+REQUIRED = {
+    ("teacher", "openai_compatible"): ["teacher.base_url=http://127.0.0.1:9/v1", "teacher.model=m"],
+    ("data/source", "jsonl"): ["data.sources.jsonl.path=prompts.jsonl"],
+}
+
+
+def group_options() -> list[tuple[str, str]]:
+    out = []
+    for yaml in sorted(CONF_DIR.rglob("*.yaml")):
+        group = str(yaml.parent.relative_to(CONF_DIR))
+        if group != "." and group != "hydra":
+            out.append((group, yaml.stem))
+    return out
+
+
+def compose_cfg(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_every_group_has_options():
+    groups = {g for g, _ in group_options()}
+    assert {"data/source", "teacher", "curation", "model", "lora", "trainer", "quant", "eval", "logger", "paths",
+            "experiment"} <= groups
+
+
+@pytest.mark.parametrize("group,option", group_options(), ids=lambda v: str(v))
+def test_option_composes_and_validates(group, option):
+    value = f"[{option}]" if group == "data/source" else option
+    cfg = compose_cfg("pipeline", [f"{group}={value}", *REQUIRED.get((group, option), [])])
+    cfg = validate(cfg)
+    resolved = to_container(cfg)  # every interpolation resolves
+    assert resolved["stage"] == "pipeline"
+    if group == "model":
+        assert cfg.model.name == option
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_configs_share_the_tree(stage):
+    cfg = validate(compose_cfg(stage, ["experiment=debug"]))
+    assert cfg.stage == stage
+    assert cfg.model.name == "tiny_random"  # the experiment applies whichever stage reads it
+    assert cfg.hydra.job.name == stage
+
+
+def test_sources_compose_into_a_mixture():
+    cfg = compose_cfg("collect", ["data/source=[sample,p3_local]"])
+    assert set(cfg.data.sources) == {"sample", "p3_local"}
+
+
+def test_full_scale_preset_follows_the_paper():
+    cfg = validate(compose_cfg("pipeline", ["experiment=gpt4all_lora_7b"]))
+    assert cfg.model.name == "llama_7b" and cfg.teacher.name == "openai"
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 32, 0.1)
+    assert list(cfg.lora.target_modules) == ["q_proj", "v_proj"]
+    assert cfg.train.lr == 5e-5 and cfg.trainer.max_epochs == 4 and cfg.trainer.strategy == "ddp"
+    assert "p3" not in cfg.data.sources
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("+lora.rank=8", "lora.rank"), ("lora.r=abc", "lora.r"), ("+model.template.promt=x", "model.template.promt"),
+     ("teacher.temperature=hot", "teacher.temperature"), ("+curation.drop_dupes=true", "curation.drop_dupes")],
+)
+def test_bad_key_or_type_names_the_key(override, key):
+    cfg = compose_cfg("train", [override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_cli_typo_fails_naming_the_key(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt4all.train", "lora.rank=8", f"paths.output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "lora.rank" in proc.stderr
+    assert not list(tmp_path.rglob("manifest.json"))
