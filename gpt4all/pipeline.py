@@ -6,6 +6,8 @@ dir, exactly as a user would pass it by hand (`curate.input_dir=...`).
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,9 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from gpt4all.core.app import hydra_app
+from gpt4all.core.cache import StageCache, stage_key
 from gpt4all.core.config import config_hash, validate
 from gpt4all.core.manifest import write_json
-from gpt4all.core.tracking import run_stage
+from gpt4all.core.tracking import is_multirun, run_stage, save_config
+
+log = logging.getLogger(__name__)
 
 # stage -> the config keys that take its run dir
 WIRING: dict[str, tuple[str, ...]] = {
@@ -38,22 +43,58 @@ def stage_runner(stage: str) -> Callable[..., dict[str, Any]]:
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
-    """Run the configured stages in order; write and return summary.json's content."""
+    """Run the configured stages in order, reusing cached ones; write and return summary.json's content."""
     cfg = validate(cfg)
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
     group = group or f"pipeline-{run_dir.name}"
+    stages = list(cfg.pipeline.stages)
+    cache = StageCache(cfg.stage_cache.dir)
+    reusable = set(stages) if is_multirun() and cfg.pipeline.skip_finished else set(cfg.stage_cache.enabled)
+    reusable -= set(cfg.stage_cache.force)
+
     summary: dict[str, Any] = {"run_dir": str(run_dir), "config_hash": config_hash(cfg), "stages": {}}
-    for stage in cfg.pipeline.stages:
-        stage_dir = run_dir / stage
-        result = run_stage(stage, cfg, stage_dir, stage_runner(stage), group=group)
+    previous_key = None
+    for stage in stages:
+        key = stage_key(cfg, stage, previous_key)
+        stage_dir = cache.lookup(stage, key) if stage in reusable else None
+        if stage_dir is not None:
+            log.info("[%s] cached: reusing %s (key %s; force a re-run with stage_cache.force=[%s])",
+                     stage, stage_dir, key, stage)
+            result = {"cached": True, **read_result(stage_dir)}
+        else:
+            stage_dir = run_dir / stage
+            result = {"cached": False, **run_stage(stage, cfg, stage_dir, stage_runner(stage), group=group, input_key=previous_key)}
+            cache.store(stage, key, stage_dir)
         summary["stages"][stage] = {"dir": str(stage_dir), **result}
+        previous_key = key
         with open_dict(cfg):
-            for key in WIRING[stage]:
-                section, name = key.split(".")
+            for target in WIRING[stage]:
+                section, name = target.split(".")
                 cfg[section][name] = str(stage_dir)
         write_json(run_dir / "summary.json", summary)
+    if all(s["cached"] for s in summary["stages"].values()):
+        log.info("every stage was cached: this job had finished before (see the dirs in summary.json)")
     print_summary(summary)
     return summary
+
+
+def read_result(stage_dir: Path) -> dict[str, Any]:
+    path = stage_dir / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pipeline_job(cfg: DictConfig, run_dir: Path, group: str | None) -> dict[str, Any]:
+    """One Hydra job: report a failure the moment it happens; with pipeline.fail_fast, stop the sweep."""
+    try:
+        return run_pipeline(cfg, run_dir, group)
+    except Exception as err:
+        log.error("pipeline job in %s FAILED: %s: %s", run_dir, type(err).__name__, err)
+        (Path(run_dir) / "FAILED").write_text(f"{type(err).__name__}: {err}\n")
+        if is_multirun() and cfg.pipeline.fail_fast:
+            raise SystemExit(f"stopping the sweep at the first failure (pipeline.fail_fast): {err}") from err
+        raise
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
@@ -74,7 +115,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     Console(width=160).print(table)
 
 
-main = hydra_app("pipeline", run_pipeline)
+main = hydra_app("pipeline", pipeline_job)
 
 if __name__ == "__main__":
     main()

@@ -1,31 +1,16 @@
-"""collect: prompt sources and the async client against a real llama.cpp server process."""
+"""collect: prompt sources in each source's real format, and the stage against a real llama.cpp server process."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from collect_util import run_collect
 
-from gpt4all.collect.client import collect
 from gpt4all.collect.server import LlamaCppServer, free_port
-from gpt4all.collect.sources import JsonlSource, Prompt, mix, oig_human_turn
+from gpt4all.collect.sources import HubSource, JsonlSource, Source, mix, oig_human_turn
 from gpt4all.core.jsonl import JsonlError
-
-
-def teacher(**kw):
-    base = {"name": "t", "model": "smollm2", "base_url": None, "api_key_env": None, "system_prompt": None,
-            "temperature": 0.0, "top_p": 1.0, "max_tokens": 16, "concurrency": 2, "timeout_s": 60,
-            "max_retries": 0, "server": None}
-    return OmegaConf.create({**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with LlamaCppServer(model_alias="smollm2", log_path=tmp_path_factory.mktemp("srv") / "server.log") as url:
-        yield url
 
 
 def test_bundled_sample_has_three_styles_and_duplicates_are_dropped():
@@ -69,47 +54,103 @@ def test_oig_human_turn():
     assert oig_human_turn("no turns here") is None
 
 
-def test_collect_writes_one_record_per_prompt(server, tmp_path: Path):
-    prompts = [Prompt(f"p{i}", q, "unit") for i, q in enumerate(["What is 2+2?", "Name a colour.", "Say hi."])]
-    out = tmp_path / "responses.jsonl"
-    stats = asyncio.run(collect(prompts, teacher(), server, out, progress=False))
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert stats["answered"] == 3 and stats["failed"] == 0
-    assert sorted(r["id"] for r in recs) == ["p0", "p1", "p2"]
-    for r in recs:
-        assert r["response"] and r["finish_reason"] in ("stop", "length") and r["error"] is None
-        assert r["usage"]["completion_tokens"] > 0
-    assert stats["completion_tokens"] == sum(r["usage"]["completion_tokens"] for r in recs)
+def test_oig_chip2_local_file_in_its_real_format(tmp_path: Path):
+    lines = [
+        {"text": "<human>: What is the best way to learn  Spanish?\n<bot>: Practice daily.", "metadata": {"source": "unified_chip2"}},
+        {"text": "<human>: Tips for sleep?\n<bot>: Keep a schedule.\n<human>: And diet?\n<bot>: Eat early.", "metadata": {}},
+        {"text": "no turns in this one", "metadata": {}},
+    ]
+    path = tmp_path / "unified_chip2.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + "{broken\n")
+    src = Source("oig_chip2", path=str(path), format="oig", prompt_field="text", on_error="skip")
+    assert [p.prompt for p in src.load()] == ["What is the best way to learn Spanish?", "Tips for sleep?"]
+    assert sum(src.dropped.values()) == 2  # the line with no human turn and the broken line, counted
+    with pytest.raises(JsonlError, match=r"unified_chip2\.jsonl:3: no '<human>:' turn"):
+        Source("oig_chip2", path=str(path), format="oig", prompt_field="text").load()
 
 
-def test_failed_requests_are_recorded_with_a_reason(server, tmp_path: Path):
-    prompts = [Prompt("slow", "Write a long story about a dragon.", "unit")]
-    out = tmp_path / "responses.jsonl"
-    stats = asyncio.run(collect(prompts, teacher(timeout_s=0.01, max_tokens=256), server, out, progress=False))
-    rec = json.loads(out.read_text())
-    assert stats["failed"] == 1 and rec["response"] is None
-    assert rec["error"]["type"] in ("APITimeoutError", "APIConnectionError")
+def test_stackoverflow_posts_questions_tsv_gives_title_and_body(shared_data):
+    tsv = shared_data / "stackoverflow" / "stackoverflow_posts_questions_top100.tsv"
+    rows = Source("stackoverflow", path=str(tsv), format="title_body", title_field="title", prompt_field="body",
+                  id_field="id").load()
+    ref = {json.loads(x)["id"]: json.loads(x)["prompt"]
+           for x in (shared_data / "stackoverflow" / "stackoverflow_questions_top100_prompts.jsonl").open()}
+    assert len(rows) == 100
+    assert rows[0].prompt.startswith("az acr login raises DOCKER_COMMAND_ERROR") and "\n\n<p>" in rows[0].prompt
+    assert {p.id for p in rows} == set(ref)
+    assert all(p.prompt.split("\n")[0] == ref[p.id].split("\n")[0] for p in rows)  # the same titles
 
 
-def test_dead_endpoint_fails_fast_with_its_url(tmp_path: Path):
-    url = f"http://127.0.0.1:{free_port()}/v1"
-    with pytest.raises(ConnectionError, match="127.0.0.1"):
-        asyncio.run(collect([Prompt("a", "hi", "u")], teacher(base_url=url), url, tmp_path / "r.jsonl", progress=False))
+def test_stackoverflow_tsv_with_a_missing_column_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "questions.tsv"
+    path.write_text("id\ttitle\n1\tHow to sort?\n")
+    with pytest.raises(JsonlError, match=r"questions\.tsv:2: missing field 'body'"):
+        Source("so", path=str(path), format="title_body", title_field="title", prompt_field="body").load()
 
 
-def test_openai_teacher_without_key_names_the_variable(monkeypatch, tmp_path: Path):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    t = teacher(name="openai", api_key_env="OPENAI_API_KEY")
-    with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
-        asyncio.run(collect([Prompt("a", "hi", "u")], t, None, tmp_path / "r.jsonl", progress=False))
+def test_p3_hub_rows_use_inputs_pretokenized(tmp_path: Path):
+    path = tmp_path / "p3.jsonl"
+    rows = [{"inputs": [1, 2], "inputs_pretokenized": "Passage: Sky is blue.\nQuestion: is the sky blue?",
+             "targets_pretokenized": "yes"}, {"inputs": [3], "inputs_pretokenized": "   "}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = Source("p3", path=str(path), prompt_field="inputs_pretokenized", on_error="skip")
+    assert [p.prompt for p in src.load()] == ["Passage: Sky is blue.\nQuestion: is the sky blue?"]
+    assert dict(src.dropped) == {"empty prompt in field 'inputs_pretokenized'": 1}
+
+
+def test_mixture_normalises_dedups_and_counts(shared_data, tmp_path: Path):
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"q": "Hello  there?"}) + "\n" + json.dumps({"q": "hello there?"}) + "\n")
+    p3 = JsonlSource(str(shared_data / "p3_t0" / "p3_t0_sample.jsonl"), "p3", sample_size=200, seed=0)
+    prompts, dropped = mix([Source("a", path=str(a), prompt_field="q"), p3])
+    assert prompts[0].prompt == "Hello there?" and dropped["a"] == 1
+    assert dropped.get("p3", 0) > 0  # P3 repeats its templated prompts
+    assert len({p.prompt.lower() for p in prompts}) == len(prompts)
+
+
+def test_bad_format_is_a_clear_error():
+    with pytest.raises(ValueError, match="format must be one of"):
+        Source("x", path="x.jsonl", format="chat")
 
 
 def test_hub_rows_become_prompts_in_each_format():
-    from gpt4all.collect.sources import HubSource
-
     oig = HubSource("laion/OIG", "oig_chip2", format="oig", prompt_field="text")
     assert oig.to_prompt({"text": "<human>: Tips for  sleep?\n<bot>: Keep a schedule."}).prompt == "Tips for sleep?"
     so = HubSource("so", "stackoverflow", format="title_body", prompt_field="body", title_field="title")
     p = so.to_prompt({"title": "Sort a dict", "body": "<p>How?</p>"})
     assert p.prompt == "Sort a dict\n\n<p>How?</p>" and p.source == "stackoverflow"
-    assert HubSource("x", "p3", prompt_field="inputs").to_prompt({"inputs": ""}) is None
+
+
+def test_collect_against_a_real_llama_cpp_server(tmp_path: Path):
+    with LlamaCppServer(model_alias="smollm2", log_path=tmp_path / "server.log") as url:
+        run = run_collect(tmp_path, url, "data.sources.sample.sample_size=3", "teacher.model=smollm2",
+                          "teacher.max_tokens=16", "teacher.temperature=0", "teacher.concurrency=2")
+        # a timeout far below the answer time: every attempt times out; the prompt fails with its reason
+        slow = run_collect(tmp_path, url, "data.sources.sample.sample_size=1", "teacher.model=smollm2",
+                           "teacher.max_tokens=200", "teacher.timeout_s=0.01", "teacher.max_retries=1", name="slow")
+    assert run["result"]["answered"] == 3 and run["result"]["failed"] == 0
+    for r in run["records"]:
+        assert r["response"] and r["finish_reason"] in ("stop", "length") and r["usage"]["completion_tokens"] > 0
+    assert run["result"]["completion_tokens"] == sum(r["usage"]["completion_tokens"] for r in run["records"])
+    (rec,) = slow["records"]
+    assert rec["error"]["type"] == "APITimeoutError" and rec["error"]["attempts"] == 2
+
+
+def test_dead_endpoint_fails_fast_with_its_url(tmp_path: Path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ConnectionError, match="127.0.0.1"):
+        run_collect(tmp_path, url, "data.sources.sample.sample_size=2")
+
+
+def test_openai_teacher_without_key_names_the_variable(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
+        run_collect(tmp_path, "null", "teacher=openai", "data.sources.sample.sample_size=2")
+
+
+def test_source_typo_names_the_key(tmp_path: Path):
+    from gpt4all.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sampel_size"):
+        run_collect(tmp_path, "http://127.0.0.1:9/v1", "+data.sources.sample.sampel_size=3")

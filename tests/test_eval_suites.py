@@ -49,3 +49,15 @@ def test_self_instruct_eval_set_is_in_no_training_source(shared_data):
     for src in sources:
         prompts = {p.prompt.lower() for p in src.load()}
         assert not prompts & (eval_texts | eval_instructions), src.name
+
+
+def test_jsonl_suite_with_a_field_mapping(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"q": "Add 2 and 2.", "a": "4", "ctx": null}\n{"q": "Name a fruit.", "a": "Apple.", "ctx": "Red."}\n')
+    fields = {"id": None, "instruction": "q", "input": "ctx", "output": "a"}
+    examples = load_suite(ev(format="jsonl", path=str(path), fields=fields))
+    assert [(e.instruction, e.input, e.reference) for e in examples] == [("Add 2 and 2.", "", "4"),
+                                                                         ("Name a fruit.", "Red.", "Apple.")]
+    assert examples[1].prompt == "Name a fruit.\n\nRed." and examples[0].id.endswith("mine.jsonl:1")
+    with pytest.raises(ValueError, match="needs eval.path"):
+        load_suite(ev(format="jsonl", fields=fields))

@@ -132,3 +132,23 @@ def test_api_key_is_written_nowhere(pipeline_run):
     offenders = [p for p in pipeline_run["out"].rglob("*") if p.is_file() and needle in p.read_bytes()]
     assert offenders == []
     assert FAKE_KEY not in pipeline_run["stdout"] + pipeline_run["stderr"]
+
+
+def _artifacts(stage_dir: Path) -> dict[str, dict]:
+    (run,) = list((stage_dir / "wandb").glob("offline-run-*"))
+    records = subprocess.run([str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json", str(run)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    arts = [json.loads(line)["artifact"] for line in records.splitlines() if '"type":"artifact"' in line]
+    return {a["name"]: {**a, "metadata": json.loads(a.get("metadata") or "{}")} for a in arts}
+
+
+def test_wandb_lineage_links_data_to_models(pipeline_run):
+    d = pipeline_run["dir"]
+    chain = [("collect", "responses"), ("curate", "curated"), ("train", "lora-model"), ("quantize", "quantized-model")]
+    produced = {stage: _artifacts(d / stage)[name] for stage, name in chain}
+    for (up, up_name), (down, _) in zip(chain, chain[1:]):
+        upstream = produced[down]["metadata"]["upstream"]
+        assert upstream["name"] == up_name and upstream["digest"] == produced[up]["digest"]
+    assert produced["train"]["type"] == "model"
+    refs = [c["ref"] for c in produced["quantize"]["manifest"]["contents"]]
+    assert any(r.endswith("model-q4_0.gguf") for r in refs)  # referenced, not copied into the run

@@ -1,4 +1,4 @@
-"""Stage train: data module (tokenize, split, pad) and LoRA module (overfit, frozen base, save/reload)."""
+"""Stage train: data module (tokenize, split, mask, pack) and LoRA module (overfit, resume, frozen base, save)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import torch
 from datasets import Dataset
 from omegaconf import OmegaConf
 
-from gpt4all.core.template import IGNORE_INDEX, encode_pair, render_prompt
-from gpt4all.train.data import ChatDataModule, PadCollator, split_sizes
+from gpt4all.core.template import IGNORE_INDEX, encode_pair, render_prompt, resolve_template
+from gpt4all.train.callbacks import Throughput
+from gpt4all.train.batching import Collator, ResumableSampler, make_units, pack_bins
+from gpt4all.train.data import ChatDataModule, split_sizes
 from gpt4all.train.module import LoRAModule, lr_factor
 
 TEMPLATE = OmegaConf.create(
@@ -179,10 +181,102 @@ def test_train_loader_shuffle_is_seeded(data_dir, tokenizer):
 
 
 def test_collator_pads_with_pad_id():
-    batch = PadCollator(7)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}])
+    batch = Collator(7, pack=False)([[{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], [{"input_ids": [4], "labels": [4]}]])
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, -100, -100]]  # a first token never carries loss
+    assert "position_ids" not in batch
+
+
+def test_pack_collator_restarts_positions_and_masks_boundaries():
+    a = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}
+    b = {"input_ids": [5, 6, 7], "labels": [5, 6, 7]}  # even an unmasked first token is not learnt across a boundary
+    batch = Collator(0, pack=True)([[a, b], [b]])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7], [5, 6, 7, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3]]
+    assert batch["labels"].tolist() == [[-100, -100, 3, 4, -100, 6, 7], [-100, 6, 7, -100, -100, -100, -100]]
+    assert batch["token_mask"].tolist() == [[1] * 7, [1, 1, 1, 0, 0, 0, 0]]
+    assert "attention_mask" not in batch  # transformers derives the block-diagonal mask from position_ids
+
+
+def test_pack_bins_fit_and_cover():
+    lengths = [5, 9, 3, 7, 1, 10, 4, 6]
+    bins = pack_bins(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(8))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    assert len(bins) == 5  # 45 tokens: best-fit-decreasing reaches the lower bound here
+    with pytest.raises(ValueError, match="pack length"):
+        pack_bins([11], 10)
+
+
+def test_packed_examples_do_not_see_each_other(tiny_model_dir, data_dir, tokenizer):
+    """Logits of each example are the same packed with others as alone: attention stays inside an example."""
+    model = load_base(tiny_model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(10.0)  # larger activations: leaks would show
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=2, val_fraction=0.0,
+                        packing="pack", pack_length=256)
+    batch = next(iter(dm.train_dataloader()))
+    row = batch["position_ids"][0]
+    starts = (row == 0).nonzero().squeeze(-1).tolist()
+    assert len(starts) >= 3  # several examples share the first row
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        ends = starts[1:] + [int(batch["token_mask"][0].sum())]
+        for s, e in zip(starts, ends):
+            alone = model(input_ids=batch["input_ids"][:1, s:e]).logits[0]
+            torch.testing.assert_close(packed[s:e], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_packing_modes_cover_every_example_once(data_dir, tokenizer):
+    enc = lambda t: tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    expected = sorted(len(encode_pair(enc, TEMPLATE, p, r, 64)[0]) for p, r in PAIRS)
+    for mode, per_batch in (("pack", 2), ("group_by_length", 4), ("none", 4)):
+        dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=per_batch, val_fraction=0.0,
+                            packing=mode, pack_length=128)
+        seen = []
+        for batch in dm.train_dataloader():
+            pos, mask = batch.get("position_ids"), batch["token_mask"]
+            for r in range(mask.shape[0]):
+                if pos is None:
+                    seen.append(int(mask[r].sum()))
+                else:
+                    starts = (pos[r][: int(mask[r].sum())] == 0).nonzero().squeeze(-1).tolist()
+                    seen += [b - a for a, b in zip(starts, starts[1:] + [int(mask[r].sum())])]
+        assert sorted(seen) == expected, mode
+    with pytest.raises(ValueError, match="packing"):
+        ChatDataModule(data_dir, tokenizer, TEMPLATE, packing="zip")
+
+
+def test_group_by_length_reduces_padding(data_dir, tokenizer):
+    def pad_fraction(mode):
+        dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=4, val_fraction=0.0, packing=mode)
+        batches = list(dm.train_dataloader())
+        return 1 - sum(int(b["token_mask"].sum()) for b in batches) / sum(b["input_ids"].numel() for b in batches)
+
+    assert pad_fraction("group_by_length") < pad_fraction("none")
+
+
+def test_sampler_shards_and_resumes():
+    full = list(ResumableSampler(10, 2, shuffle=True, seed=1, progress=lambda: (3, 0)))
+    assert sorted(full) == list(range(10)) and full != list(range(10))
+    assert list(ResumableSampler(10, 2, shuffle=True, seed=1, progress=lambda: (3, 2))) == full[4:]
+    assert list(ResumableSampler(10, 2, shuffle=True, seed=1, progress=lambda: (4, 0))) != full
+    shards = [list(ResumableSampler(9, 1, shuffle=True, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 5 and set(shards[0]) | set(shards[1]) == set(range(9))
+
+
+def test_resolve_template_from_chat_template(tokenizer):
+    chat = resolve_template(OmegaConf.create({"style": "chat", "system": "Be brief."}), tokenizer)
+    assert chat == {"prompt": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+                              "<|im_start|>assistant\n", "response_suffix": "<|im_end|>\n"}
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"}]
+    assert render_prompt(chat, "Hi") + "Hello" + chat["response_suffix"] == tokenizer.apply_chat_template(conv, tokenize=False)
+    text = resolve_template(OmegaConf.create({"style": "text", "prompt": "{prompt}\n", "response_suffix": "{eos}"}), tokenizer)
+    assert text == {"prompt": "{prompt}\n", "response_suffix": tokenizer.eos_token}
+    with pytest.raises(ValueError, match="style"):
+        resolve_template(OmegaConf.create({"style": "chatml"}), tokenizer)
 
 
 def test_empty_dataset_raises_naming_dir(tmp_path, tokenizer):
@@ -208,6 +302,9 @@ def test_lr_schedule():
     assert lr_factor(12, 4, 20) == pytest.approx(0.5)
     assert lr_factor(19, 4, 20) > 0
     assert lr_factor(12, 4, 20, "constant") == 1.0
+    assert lr_factor(4, 4, 20, "cosine") == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20, "cosine") == pytest.approx(0.5)
+    assert lr_factor(19, 4, 20, "cosine") < lr_factor(19, 4, 20, "linear")
     assert lr_factor(100, 0, float("inf")) == 1.0
 
 
@@ -236,7 +333,7 @@ def trained(base_dir, data_dir, tokenizer):
     module = LoRAModule(base, LORA, lr=1e-2, weight_decay=0.0, warmup_steps=5)
     dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=4, val_fraction=0.25, seed=0)
     rec = Recorder()
-    trainer = quiet_trainer(max_steps=40, callbacks=[rec], log_every_n_steps=1, check_val_every_n_epoch=5)
+    trainer = quiet_trainer(max_steps=40, callbacks=[Throughput(), rec], log_every_n_steps=1, check_val_every_n_epoch=5)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, datamodule=dm)
@@ -255,9 +352,11 @@ def test_lora_overfits(trained):
 def test_logged_metrics(trained):
     module, rec, _, _ = trained
     m = rec.metrics[-1]
-    for key in ("train/loss", "train/tokens", "train/tokens_seen", "train/tokens_per_s", "lr"):
+    for key in ("train/loss", "train/tokens", "train/tokens_seen", "train/tokens_per_s", "train/useful_tokens_per_s",
+                "train/pad_fraction", "lr"):
         assert key in m, sorted(m)
-    assert m["train/tokens"] > 0 and m["train/tokens_per_s"] > 0
+    assert m["train/tokens"] > 0 and m["train/tokens_per_s"] > m["train/useful_tokens_per_s"] > 0
+    assert 0 <= m["train/pad_fraction"] < 1
     assert m["train/tokens_seen"] == module.tokens_seen >= 40 * 1
     lrs = [x["lr"] for x in rec.metrics]
     assert lrs[0] == pytest.approx(1e-2 / 5)  # warmup
@@ -329,4 +428,90 @@ def test_no_val_set_trains(tiny_model_dir, data_dir, tokenizer):
 
 def test_bad_schedule_rejected(tiny_model_dir):
     with pytest.raises(ValueError, match="schedule"):
-        LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3, schedule="cosine")
+        LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3, schedule="cosine_restarts")
+
+
+def test_response_only_logits_give_the_hf_loss(tiny_model_dir, data_dir, tokenizer):
+    """The loss over response positions only equals transformers' own loss with labels (padding and packing)."""
+    module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)
+    assert module._split is not None
+    for mode in ("none", "pack"):
+        dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=3, val_fraction=0.0, packing=mode,
+                            pack_length=128)
+        batch = next(iter(dm.train_dataloader()))
+        with torch.no_grad():
+            ref = module.model(**module.model_inputs(batch), labels=batch["labels"]).loss
+            torch.testing.assert_close(module.loss(batch), ref, atol=1e-5, rtol=1e-5)
+
+
+class StopAt(L.Callback):
+    """Interrupt training after `step` optimizer steps (as a killed job would, after its last checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def run_steps(base_dir, data_dir, tokenizer, tmp_path, max_steps, ckpt_path=None, every=3, stop_at=None):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    module = LoRAModule(load_base(base_dir), LORA, lr=5e-3, warmup_steps=2)
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=2, val_fraction=0.0, seed=0,
+                        packing="group_by_length")
+    rec = Recorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=every)
+    callbacks = [rec, ckpt] + ([StopAt(stop_at)] if stop_at else [])
+    trainer = quiet_trainer(max_steps=max_steps, max_epochs=-1, callbacks=callbacks, enable_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, rec, module
+
+
+def test_resume_continues_at_the_same_step_with_the_same_loss(base_dir, data_dir, tokenizer, tmp_path):
+    """9 steps straight vs stopped after 7 (checkpoint at step 7, mid second epoch: 6 batches an epoch) + resume."""
+    _, straight, _ = run_steps(base_dir, data_dir, tokenizer, tmp_path / "a", 9, every=100)
+    _, first, _ = run_steps(base_dir, data_dir, tokenizer, tmp_path / "b", 9, every=7, stop_at=7)
+    assert first.losses == pytest.approx(straight.losses[:7], rel=1e-5)
+    last = tmp_path / "b" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert state["global_step"] == 7
+    assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])  # adapter only, not the base
+    trainer, resumed, module = run_steps(base_dir, data_dir, tokenizer, tmp_path / "b", 9, ckpt_path=str(last), every=100)
+    assert trainer.global_step == 9 and len(resumed.losses) == 2
+    assert resumed.losses == pytest.approx(straight.losses[7:9], rel=1e-4)
+    assert module.tokens_seen == resumed.metrics[-1]["train/tokens_seen"] == straight.metrics[8]["train/tokens_seen"]
+
+
+def test_full_finetune_without_lora(tiny_model_dir, data_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    none = OmegaConf.merge(LORA, {"enabled": False})
+    module = LoRAModule(load_base(tiny_model_dir), none, lr=1e-3, warmup_steps=0)
+    assert module.num_trainable_params == module.num_total_params
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=32, batch_size=4, val_fraction=0.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        quiet_trainer(max_steps=2).fit(module, datamodule=dm)
+    paths = module.save(tmp_path, tokenizer)
+    assert paths["adapter"] is None
+    merged = AutoModelForCausalLM.from_pretrained(str(paths["merged"]))
+    base = load_base(tiny_model_dir)
+    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, data_dir, tokenizer):
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=4, val_fraction=0.0)
+    batch = next(iter(dm.train_dataloader()))
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3, gradient_checkpointing=ckpt)
+        module.loss(batch).backward()
+        grads.append([p.grad.clone() for p in module.model.parameters() if p.requires_grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

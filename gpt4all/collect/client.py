@@ -1,24 +1,50 @@
-"""Send prompts to an OpenAI-compatible chat endpoint with bounded concurrency; one JSONL record per prompt."""
+"""The online collector: AsyncOpenAI with bounded concurrency, rate limits, retries, and a commit per answer.
+
+Retries (tenacity): 429, 5xx, connection errors, timeouts, malformed JSON and empty answers are retried with
+exponential backoff and jitter, waiting exactly the server's Retry-After when it sends one. Other 4xx
+errors fail the prompt at once; a bad key or unknown model (401/403/404) stops the run. Every outcome is
+committed to the AnswerCache before the next request takes the slot.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
-from collections import Counter
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpx2
 import openai
+from aiolimiter import AsyncLimiter
+from openai.types.chat import ChatCompletion
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
+from tenacity.wait import wait_exponential_jitter
 from tqdm.auto import tqdm
 
-from gpt4all.collect.sources import Prompt
-from gpt4all.core.jsonl import JsonlAppender
+from gpt4all.collect.cache import AnswerCache
+from gpt4all.collect.cost import Ledger
+from gpt4all.collect.plan import Request, generation_params
 
 log = logging.getLogger(__name__)
 
 LOCAL_PLACEHOLDER_KEY = "sk-no-key-needed"
+
+
+class EmptyAnswer(Exception):
+    """The endpoint answered 200 with no content."""
+
+
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
+             openai.APIResponseValidationError, json.JSONDecodeError, EmptyAnswer)
+FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
 def api_key_for(teacher: Any, base_url: str | None) -> str:
@@ -35,87 +61,146 @@ def api_key_for(teacher: Any, base_url: str | None) -> str:
     return LOCAL_PLACEHOLDER_KEY
 
 
-def _error_record(err: BaseException) -> dict[str, Any]:
-    return {
-        "type": type(err).__name__,
-        "status": getattr(err, "status_code", None),
-        "message": str(err)[:500],
-    }
+HTTP_CLIENTS = {"aiohttp": openai.DefaultAioHttpClient, "httpx": openai.DefaultAsyncHttpxClient}
 
 
-async def _ask(client: openai.AsyncOpenAI, teacher: Any, p: Prompt) -> dict[str, Any]:
-    messages = ([{"role": "system", "content": teacher.system_prompt}] if teacher.system_prompt else []) + [
-        {"role": "user", "content": p.prompt}
-    ]
-    rec: dict[str, Any] = {"id": p.id, "source": p.source, "prompt": p.prompt, "model": teacher.model}
-    start = time.perf_counter()
+def make_client(teacher: Any, base_url: str | None, connections: int | None = None) -> openai.AsyncOpenAI:
+    """AsyncOpenAI without its own retries (ours count attempts), a connection pool sized to the concurrency.
+
+    teacher.http_client picks the SDK's transport: aiohttp (less CPU per request at high concurrency) or httpx.
+    """
+    if teacher.http_client not in HTTP_CLIENTS:
+        raise ValueError(f"teacher.http_client must be one of {', '.join(HTTP_CLIENTS)}, got {teacher.http_client!r}")
+    n = connections or teacher.concurrency
+    limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
+    http = HTTP_CLIENTS[teacher.http_client](limits=limits, timeout=teacher.timeout_s)
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key_for(teacher, base_url), timeout=teacher.timeout_s,
+                              max_retries=0, http_client=http)
+
+
+async def check_endpoint(client: openai.AsyncOpenAI) -> None:
+    """Fail fast with a clear message when nothing answers at the client's base_url."""
     try:
-        resp = await client.chat.completions.create(
-            model=teacher.model,
-            messages=messages,
-            temperature=teacher.temperature,
-            top_p=teacher.top_p,
-            max_tokens=teacher.max_tokens,
-        )
-        choice = resp.choices[0]
-        usage = resp.usage
-        rec.update(
-            response=choice.message.content,
-            finish_reason=choice.finish_reason,
-            usage={"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else None,
-            error=None,
-        )
-    except (openai.APIError, asyncio.TimeoutError, ValueError) as err:
-        rec.update(response=None, finish_reason=None, usage=None, error=_error_record(err))
-    rec["latency_s"] = round(time.perf_counter() - start, 3)
-    return rec
-
-
-async def check_endpoint(client: openai.AsyncOpenAI, base_url: str) -> None:
-    """Fail fast with a clear message when nothing answers at base_url."""
-    try:
-        await client.with_options(timeout=10, max_retries=1).models.list()
+        await client.with_options(timeout=10).models.list()
     except openai.APIConnectionError as err:
-        raise ConnectionError(f"teacher endpoint {base_url} is unreachable: {err}") from None
+        raise ConnectionError(f"teacher endpoint {client.base_url} is unreachable: {err}") from None
     except openai.APIStatusError:
         pass  # some gateways do not serve /models; the chat requests will tell
 
 
-async def collect(prompts: list[Prompt], teacher: Any, base_url: str | None, out_path: Path, progress: bool = True) -> dict[str, Any]:
-    """Ask the teacher every prompt; append each record to out_path as it arrives. Returns counts and tokens."""
-    client = openai.AsyncOpenAI(
-        base_url=base_url, api_key=api_key_for(teacher, base_url), timeout=teacher.timeout_s, max_retries=teacher.max_retries
-    )
-    await check_endpoint(client, str(client.base_url))
-    sem = asyncio.Semaphore(teacher.concurrency)
-    status: Counter[str] = Counter()
-    tokens: Counter[str] = Counter()
-    bar = tqdm(total=len(prompts), desc="collect", unit="prompt", disable=not progress)
+def retry_after(err: BaseException | None) -> float | None:
+    """Seconds from a Retry-After (or retry-after-ms) header on an API error, if any."""
+    headers = getattr(getattr(err, "response", None), "headers", None)
+    if not headers:
+        return None
+    for name, div in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            if name in headers:
+                return max(0.0, float(headers[name]) / div)
+        except ValueError:
+            continue  # an HTTP date: fall back to our own backoff
+    return None
 
-    async def one(p: Prompt, sink: JsonlAppender) -> None:
-        async with sem:
-            rec = await _ask(client, teacher, p)
-        sink.write(rec)
-        status["failed" if rec["error"] else "answered"] += 1
-        for k, v in (rec["usage"] or {}).items():
-            tokens[k] += v or 0
-        bar.update(1)
-        bar.set_postfix(ok=status["answered"], failed=status["failed"], out_tokens=tokens["completion_tokens"])
 
-    start = time.perf_counter()
-    try:
-        with JsonlAppender(out_path) as sink:
-            await asyncio.gather(*(one(p, sink) for p in prompts))
-    finally:
-        bar.close()
-        await client.close()
-    elapsed = time.perf_counter() - start
-    return {
-        "prompts": len(prompts),
-        "answered": status["answered"],
-        "failed": status["failed"],
-        "prompt_tokens": tokens["prompt_tokens"],
-        "completion_tokens": tokens["completion_tokens"],
-        "seconds": round(elapsed, 2),
-        "requests_per_s": round(len(prompts) / elapsed, 3) if elapsed else 0.0,
-    }
+def error_record(err: BaseException, attempts: int) -> dict[str, Any]:
+    """Why a prompt failed: error type, HTTP status, message and the attempts made."""
+    return {"type": type(err).__name__, "status": getattr(err, "status_code", None), "message": str(err)[:500],
+            "attempts": attempts}
+
+
+class Collector:
+    """Sends requests through `concurrency` workers; each outcome is committed to the cache at once."""
+
+    def __init__(self, client: openai.AsyncOpenAI, teacher: Any, cache: AnswerCache, ledger: Ledger,
+                 max_cost_usd: float | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
+                 progress_every_s: float = 5.0, progress: bool = True):
+        self.client, self.teacher, self.cache, self.ledger = client, teacher, cache, ledger
+        self.params = generation_params(teacher)
+        # plain values: reading a DictConfig per request costs more CPU than the HTTP call at high concurrency
+        self.model, self.max_attempts, self.max_tokens = str(teacher.model), teacher.max_retries + 1, teacher.max_tokens
+        self.max_cost_usd = max_cost_usd
+        self.not_sent: dict[str, dict[str, Any]] = {}  # key -> reason (budget)
+        self.on_progress, self.progress_every_s, self.progress = on_progress, progress_every_s, progress
+        rpm, tpm = teacher.requests_per_minute, teacher.tokens_per_minute
+        self.rpm = AsyncLimiter(rpm / 60, 1) if rpm else None  # per second: no minute-long burst at the start
+        self.tpm = AsyncLimiter(tpm / 60, 1) if tpm else None
+        self.backoff = wait_exponential_jitter(initial=teacher.backoff_initial_s, max=teacher.backoff_max_s,
+                                               jitter=teacher.backoff_initial_s)
+
+    def _wait(self, state: RetryCallState) -> float:
+        ra = retry_after(state.outcome.exception() if state.outcome else None)
+        return ra if ra is not None else self.backoff(state)
+
+    async def _limit(self, req: Request) -> None:
+        if self.rpm:
+            await self.rpm.acquire()
+        if self.tpm:
+            await self.tpm.acquire(min(req.input_tokens() + self.max_tokens, self.tpm.max_rate))
+
+    def _count_error(self, state: RetryCallState) -> None:
+        self.ledger.errors += 1
+
+    async def ask(self, req: Request) -> tuple[bool, dict[str, Any], int]:
+        """One request with retries: (answered, record, attempts)."""
+        attempts, start = 0, time.perf_counter()
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
+                                 retry=retry_if_exception_type(RETRYABLE), before_sleep=self._count_error, reraise=True)
+        rec: dict[str, Any] = {"model": self.model, "mode": "online"}
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    await self._limit(req)
+                    # client.post skips the SDK's per-call TypedDict transform of the params (about a third of
+                    # the client's CPU per request at high concurrency); the response is the same ChatCompletion
+                    resp = await self.client.post("/chat/completions", cast_to=ChatCompletion, body={
+                        "model": self.model, "messages": req.messages, **self.params})
+                    choice = resp.choices[0]
+                    if not (choice.message.content or "").strip():
+                        raise EmptyAnswer(f"empty content (finish_reason={choice.finish_reason})")
+        except FATAL:
+            raise
+        except (openai.APIError, json.JSONDecodeError, EmptyAnswer) as err:
+            self.ledger.errors += 1
+            rec.update(response=None, finish_reason=None, usage=None, error=error_record(err, attempts))
+            return False, {**rec, "latency_s": round(time.perf_counter() - start, 3), "cost_usd": 0.0}, attempts
+        usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens} \
+            if resp.usage else None
+        cost = self.ledger.add(usage)
+        rec.update(response=choice.message.content, finish_reason=choice.finish_reason, usage=usage, error=None,
+                   attempts=attempts, cost_usd=round(cost, 8), latency_s=round(time.perf_counter() - start, 3))
+        return True, rec, attempts
+
+    def _over_budget(self) -> bool:
+        return self.max_cost_usd is not None and self.ledger.cost_usd >= self.max_cost_usd
+
+    async def run(self, requests: Iterable[Request], total: int) -> None:
+        """Ask every request; answered and failed outcomes go to the cache as they arrive."""
+        queue = iter(requests)
+        bar = tqdm(total=total, desc="collect", unit="req", disable=not self.progress, smoothing=0.1)
+        last = last_bar = time.monotonic()
+
+        async def worker() -> None:
+            nonlocal last, last_bar
+            for req in queue:
+                if self._over_budget():
+                    self.not_sent[req.key] = {"type": "BudgetExceeded", "status": None, "attempts": 0,
+                                              "message": f"collect.max_cost_usd={self.max_cost_usd} reached"}
+                else:
+                    answered, rec, attempts = await self.ask(req)
+                    self.cache.put(req.key, rec, answered, attempts)
+                bar.update(1)
+                if self.progress and time.monotonic() - last_bar >= 0.5:
+                    last_bar = time.monotonic()
+                    bar.set_postfix(self.ledger.postfix(), refresh=False)
+                if self.on_progress and time.monotonic() - last >= self.progress_every_s:
+                    last = time.monotonic()
+                    self.on_progress(self.ledger.snapshot())
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.teacher.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            bar.close()

@@ -1,19 +1,33 @@
-"""Prompt sources (config group data/source). Each yields Prompt records; `mix` combines and de-duplicates."""
+"""Prompt sources (config group data/source). One `Source` reads a local file or a hub dataset and turns each
+row into a prompt by its `format`; `mix` combines sources, normalises and de-duplicates.
+
+Formats: `field` (one column is the prompt: P3's `inputs_pretokenized`, any JSONL), `oig` (the first human
+turn of a LAION OIG `<human>: ... <bot>: ...` text), `title_body` (StackOverflow: title, blank line, body).
+Local files: `.jsonl` / `.json` (one object a line), `.tsv`, `.csv`. A malformed row stops the load with
+file and line (`on_error: raise`), or is skipped, logged with file and line, and counted (`on_error: skip`).
+"""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.resources
+import json
 import logging
 import random
 import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from gpt4all.core.jsonl import iter_jsonl
+from gpt4all.core.jsonl import JsonlError
 
 log = logging.getLogger(__name__)
+
+FORMATS = ("field", "oig", "title_body")
 
 
 @dataclass
@@ -28,106 +42,166 @@ def normalize(text: str) -> str:
     return re.sub(r"[ \t]+", " ", re.sub(r"\r\n?", "\n", text)).strip()
 
 
-def _sample(items: list[Prompt], size: int | None, seed: int) -> list[Prompt]:
-    if size is None or size >= len(items):
-        return items
-    return random.Random(seed).sample(items, size)
+def oig_human_turn(text: str) -> str | None:
+    """The first human turn of an OIG `<human>: ... <bot>: ...` text."""
+    m = re.search(r"<human>:(.*?)(?:<bot>:|$)", text, flags=re.DOTALL)
+    return m.group(1).strip() if m else None
 
 
 def _stable_id(name: str, text: str) -> str:
     return f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
 
-class JsonlSource:
-    """Prompts from a JSONL file with a field mapping (null path: the bundled sample prompts)."""
+class BadRow(ValueError):
+    """A row that yields no prompt; the message says why."""
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
+    """(line number, row or BadRow) for every record of a local JSONL, TSV or CSV file."""
+    if path.suffix in (".tsv", ".csv"):
+        csv.field_size_limit(sys.maxsize)
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+            for row in reader:
+                yield reader.line_num, row
+        return
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield lineno, BadRow(f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            yield lineno, rec if isinstance(rec, dict) else BadRow(f"expected a JSON object, got {type(rec).__name__}")
+
+
+class Source:
+    """Prompts from a local file (`path`; null with no `dataset`: the bundled samples) or a hub `dataset`."""
 
     def __init__(
         self,
-        path: str | None,
         name: str,
+        path: str | None = None,
+        dataset: str | None = None,
+        format: str = "field",
         prompt_field: str = "prompt",
+        title_field: str | None = None,
         source_field: str | None = None,
         id_field: str | None = None,
-        sample_size: int | None = None,
-        seed: int = 0,
-    ):
-        self.path = Path(path) if path else Path(str(importlib.resources.files("gpt4all.data") / "sample_prompts.jsonl"))
-        self.name, self.prompt_field, self.source_field, self.id_field = name, prompt_field, source_field, id_field
-        self.sample_size, self.seed = sample_size, seed
-
-    def load(self) -> list[Prompt]:
-        if not self.path.is_file():
-            raise FileNotFoundError(f"data source '{self.name}': {self.path} not found")
-        items = []
-        for lineno, rec in iter_jsonl(self.path, required=(self.prompt_field,)):
-            text = rec[self.prompt_field]
-            if not isinstance(text, str):
-                raise ValueError(f"{self.path}:{lineno}: field '{self.prompt_field}' must be a string")
-            source = str(rec.get(self.source_field, self.name)) if self.source_field else self.name
-            pid = str(rec[self.id_field]) if self.id_field and self.id_field in rec else _stable_id(self.name, text)
-            items.append(Prompt(pid, normalize(text), source))
-        return _sample(items, self.sample_size, self.seed)
-
-
-class HubSource:
-    """Prompts from a Hugging Face hub dataset (needs internet): OIG chip2, StackOverflow, P3, or any field."""
-
-    def __init__(
-        self,
-        dataset: str,
-        name: str,
-        split: str = "train",
-        format: str = "field",
-        prompt_field: str = "text",
-        title_field: str | None = None,
         config: str | None = None,
         data_files: str | None = None,
+        split: str = "train",
         sample_size: int | None = None,
         seed: int = 0,
+        on_error: str = "raise",
     ):
-        self.dataset, self.name, self.split, self.format = dataset, name, split, format
-        self.prompt_field, self.title_field, self.config, self.data_files = prompt_field, title_field, config, data_files
-        self.sample_size, self.seed = sample_size, seed
+        if format not in FORMATS:
+            raise ValueError(f"data source '{name}': format must be one of {', '.join(FORMATS)}, got {format!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data source '{name}': on_error must be raise or skip, got {on_error!r}")
+        if format == "title_body" and not title_field:
+            raise ValueError(f"data source '{name}': format title_body needs title_field")
+        self.name, self.dataset, self.format = name, dataset, format
+        self.path = Path(path) if path else None
+        if self.path is None and dataset is None:
+            self.path = Path(str(importlib.resources.files("gpt4all.data") / "sample_prompts.jsonl"))
+        self.prompt_field, self.title_field, self.source_field, self.id_field = prompt_field, title_field, source_field, id_field
+        self.config, self.data_files, self.split = config, data_files, split
+        self.sample_size, self.seed, self.on_error = sample_size, seed, on_error
+        self.dropped: Counter[str] = Counter()  # reason -> rows skipped (on_error: skip)
 
     def load(self) -> list[Prompt]:
+        rows = self._local_rows() if self.path else self._hub_rows()
+        items = []
+        for where, row in rows:
+            try:
+                if isinstance(row, BadRow):
+                    raise row
+                items.append(self.to_prompt(row))
+            except BadRow as err:
+                if self.on_error == "raise":
+                    raise JsonlError(f"{where}: {err}") from None
+                self.dropped[str(err).split(" (")[0]] += 1
+                log.warning("data source '%s': skipped %s: %s", self.name, where, err)
+        if self.dropped:
+            log.warning("data source '%s': skipped %d malformed rows: %s", self.name, sum(self.dropped.values()),
+                        dict(self.dropped))
+        if self.sample_size is not None and self.sample_size < len(items):
+            random.Random(self.seed).shuffle(items)  # a prefix of one seeded order: a larger sample keeps a smaller one
+            items = items[: self.sample_size]
+        return items
+
+    def _local_rows(self) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
+        assert self.path is not None
+        if not self.path.is_file():
+            raise FileNotFoundError(f"data source '{self.name}': {self.path} not found")
+        for lineno, row in read_rows(self.path):
+            yield f"{self.path}:{lineno}", row
+
+    def _hub_rows(self) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
         import datasets
 
         ds = datasets.load_dataset(self.dataset, self.config, data_files=self.data_files, split=self.split)
-        if self.sample_size is not None and self.sample_size < len(ds):
-            ds = ds.shuffle(seed=self.seed).select(range(self.sample_size * 2 if self.format == "oig" else self.sample_size))
-        items = [p for p in (self.to_prompt(r) for r in ds) if p]
-        return _sample(items, self.sample_size, self.seed)
+        if self.sample_size is not None and self.sample_size * 2 < len(ds):  # headroom for rows that give no prompt
+            ds = ds.shuffle(seed=self.seed).select(range(self.sample_size * 2))
+        for i, row in enumerate(ds):
+            yield f"{self.dataset}[{self.split}][{i}]", row
 
-    def to_prompt(self, row: dict[str, Any]) -> Prompt | None:
+    def field(self, row: dict[str, Any], key: str) -> str:
+        if key not in row:
+            raise BadRow(f"missing field '{key}' (fields: {', '.join(row) or 'none'})")
+        value = row[key]
+        if not isinstance(value, str):
+            raise BadRow(f"field '{key}' must be a string, got {type(value).__name__}")
+        return value
+
+    def to_prompt(self, row: dict[str, Any]) -> Prompt:
+        """The row's prompt by this source's format; BadRow when it has none."""
+        text = self.field(row, self.prompt_field)
         if self.format == "oig":
-            text = oig_human_turn(row[self.prompt_field])
+            text = oig_human_turn(text) or ""
+            if not text:
+                raise BadRow(f"no '<human>:' turn in field '{self.prompt_field}'")
         elif self.format == "title_body":
-            text = f"{row[self.title_field]}\n\n{row[self.prompt_field]}"
-        else:
-            text = row[self.prompt_field]
-        if not text:
-            return None
+            text = f"{self.field(row, self.title_field).strip()}\n\n{text.strip()}"  # type: ignore[arg-type]
         text = normalize(text)
-        return Prompt(_stable_id(self.name, text), text, self.name)
+        if not text:
+            raise BadRow(f"empty prompt in field '{self.prompt_field}'")
+        source = str(row.get(self.source_field, self.name)) if self.source_field else self.name
+        pid = str(row[self.id_field]) if self.id_field and row.get(self.id_field) not in (None, "") else _stable_id(self.name, text)
+        return Prompt(pid, text, source)
 
 
-def oig_human_turn(text: str) -> str | None:
-    """The first human turn of an OIG `<human>: ... <bot>: ...` text."""
-    m = re.search(r"<human>:(.*?)(?:<bot>:|$)", text, flags=re.S)
-    return m.group(1).strip() if m else None
+class JsonlSource(Source):
+    """A local file with a field mapping: `JsonlSource(path, name, ...)` (null path: the bundled samples)."""
+
+    def __init__(self, path: str | None, name: str, **kw: Any):
+        super().__init__(name=name, path=path, **kw)
 
 
-def mix(sources: Iterable[Any], dedup: bool = True) -> tuple[list[Prompt], dict[str, int]]:
-    """Load every source and drop repeated prompt texts; returns prompts and per-source duplicate counts."""
+class HubSource(Source):
+    """A Hugging Face hub dataset (needs internet): `HubSource(dataset, name, format=..., ...)`."""
+
+    def __init__(self, dataset: str, name: str, **kw: Any):
+        super().__init__(name=name, dataset=dataset, **kw)
+
+
+def mix(sources: Iterable[Source], dedup: bool = True) -> tuple[list[Prompt], dict[str, int]]:
+    """Load every source and drop repeated prompt texts (case-insensitive, after normalisation).
+
+    Returns the prompts and the duplicates dropped per source.
+    """
     seen: set[str] = set()
     out: list[Prompt] = []
-    dropped: dict[str, int] = {}
+    dropped: Counter[str] = Counter()
     for src in sources:
         for p in src.load():
             key = p.prompt.lower()
             if dedup and key in seen:
-                dropped[p.source] = dropped.get(p.source, 0) + 1
+                dropped[p.source] += 1
                 continue
             seen.add(key)
             out.append(p)
-    return out, dropped
+    return out, dict(dropped)

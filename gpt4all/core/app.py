@@ -20,10 +20,10 @@ def hydra_app(config_name: str, body: Body) -> Callable[[], Any]:
     """A console-script `main` that composes conf/<config_name>.yaml and calls body(cfg, run_dir, wandb_group)."""
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
-    def main(cfg: DictConfig) -> None:
+    def main(cfg: DictConfig) -> Any:
         for noisy in ("httpx", "httpx2", "httpcore", "openai"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        body(cfg, Path(HydraConfig.get().runtime.output_dir), sweep_group())
+        return body(cfg, Path(HydraConfig.get().runtime.output_dir), sweep_group())  # a sweeper (optuna) reads it
 
     return main
 

@@ -19,10 +19,10 @@ class ConfigError(ValueError):
 
 def schemas() -> dict[str, type]:
     """Config node name -> its dataclass schema, gathered from gpt4all.core.schema.*."""
-    from gpt4all.core.schema import collect, curate, evaluate, quantize, train
+    from gpt4all.core.schema import collect, curate, evaluate, quantize, runs, train
 
     out: dict[str, type] = {}
-    for module in (collect, curate, train, quantize, evaluate):
+    for module in (collect, curate, train, quantize, evaluate, runs):
         out.update(module.SCHEMAS)
     return out
 
@@ -42,13 +42,13 @@ def validate(cfg: DictConfig) -> DictConfig:
                 f"invalid config at '{key}.{bad}': {str(err).splitlines()[0]}\n"
                 f"  keys allowed in '{key}': {allowed}"
             ) from None
-        missing = OmegaConf.missing_keys(merged)
-        if missing:
-            raise ConfigError(f"config '{key}' is missing required keys: {', '.join(f'{key}.{m}' for m in sorted(missing))}")
         with_flag = OmegaConf.is_struct(cfg)
         OmegaConf.set_struct(cfg, False)
         cfg[key] = merged
         OmegaConf.set_struct(cfg, with_flag)
+        missing = OmegaConf.missing_keys(cfg[key])
+        if missing:
+            raise ConfigError(f"config '{key}' is missing required keys: {', '.join(f'{key}.{m}' for m in sorted(missing))}")
     return cfg
 
 

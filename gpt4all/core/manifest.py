@@ -55,6 +55,13 @@ def write_manifest(
     )
 
 
+def stamp_manifest(run_dir: Path, **fields: Any) -> None:
+    """Add top-level fields (cache key, wall time) to a finished stage's manifest."""
+    path = Path(run_dir) / MANIFEST
+    if path.is_file():
+        write_json(path, {**json.loads(path.read_text()), **fields})
+
+
 def read_manifest(run_dir: str | Path, stage: str | None = None) -> dict[str, Any]:
     """Read a stage's manifest; output paths come back absolute."""
     run_dir = Path(run_dir)

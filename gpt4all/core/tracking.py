@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from gpt4all.core.cache import stage_key, upstream_key
 from gpt4all.core.config import config_hash, to_container, validate
+from gpt4all.core.manifest import MANIFEST, stamp_manifest, write_json
 
 log = logging.getLogger(__name__)
 
-SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
+SECRET_WORDS = ("api_key", "apikey", "secret", "password", "auth_token", "access_token")
 
 
 def redact(data: Any) -> Any:
@@ -30,6 +34,20 @@ def redact(data: Any) -> Any:
     return data
 
 
+def _artifact(stage: str, run_dir: Path):
+    """A reference artifact over the output paths listed in a stage's manifest."""
+    import wandb
+
+    name, kind = ARTIFACTS[stage]
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    art = wandb.Artifact(name, type=kind, metadata={"run_dir": str(run_dir), "counts": manifest.get("counts", {})})
+    for key, rel in manifest["outputs"].items():
+        path = Path(rel) if Path(rel).is_absolute() else run_dir / rel
+        if path.exists():
+            art.add_reference(path.resolve().as_uri(), name=key, checksum=True, max_objects=100_000)
+    return art
+
+
 def run_label(run_dir: Path, stage: str) -> str:
     """`<time>` for a run dir, `<pipeline time>` for a pipeline's stage dir, `<sweep time>-<job>` in a sweep."""
     if run_dir.name == stage:
@@ -42,7 +60,9 @@ class Tracker:
 
     def __init__(self, cfg: DictConfig, stage: str, run_dir: Path, group: str | None = None):
         self.stage, self.run_dir = stage, Path(run_dir)
-        self.loggers = {k for k, v in (cfg.get("logger") or {}).items() if v is not None}
+        # under DDP every process runs the stage; only global rank 0 tracks
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+        self.loggers = {k for k, v in (cfg.get("logger") or {}).items() if v is not None} if rank == 0 else set()
         self.config = redact(to_container(cfg))
         self.wandb_run = None
         self.csv_path: Path | None = None
@@ -97,15 +117,37 @@ class Tracker:
 
             self.wandb_run.log({name: wandb.Image(str(path))})
 
+    def lineage(self, stage: str, run_dir: Path, upstream: Path | None) -> None:
+        """Log the stage's outputs as a W&B reference artifact that uses the upstream stage's artifact.
+
+        References record paths and checksums without copying model files into the run. Online, the run
+        `use_artifact`s its input, which links the lineage graph; offline (where W&B refuses use_artifact) the
+        input artifact's name and digest go into the output artifact's metadata.
+        """
+        if self.wandb_run is None:
+            return
+        used = None
+        if upstream is not None and (upstream / MANIFEST).is_file():
+            up_stage = json.loads((upstream / MANIFEST).read_text())["stage"]
+            if up_stage in ARTIFACTS:
+                used = _artifact(up_stage, upstream)
+                if not self.wandb_run.settings._offline:
+                    self.wandb_run.use_artifact(used)
+        if stage in ARTIFACTS:
+            art = _artifact(stage, run_dir)
+            if used is not None:
+                used.finalize()
+                art.metadata["upstream"] = {"name": used.name, "type": used.type, "digest": used.digest}
+            self.wandb_run.log_artifact(art)
+
     def lightning_loggers(self) -> list[Any]:
-        """Lightning loggers writing into this run (the W&B run is shared, not re-created)."""
+        """Lightning loggers writing into this run: the W&B run (shared, not re-created) and always a CSV
+        history in `<run dir>/lightning/metrics.csv`, which gpt4all-report plots as training curves."""
         from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-        out: list[Any] = []
+        out: list[Any] = [CSVLogger(save_dir=str(self.run_dir), name="lightning", version="")]
         if self.wandb_run is not None:
             out.append(WandbLogger(experiment=self.wandb_run))
-        if self.csv_path is not None:
-            out.append(CSVLogger(save_dir=str(self.run_dir), name="lightning", version=""))
         return out
 
     def finish(self, exit_code: int = 0) -> None:
@@ -116,40 +158,81 @@ class Tracker:
 
 StageFn = Callable[[DictConfig, Path, Tracker], dict[str, Any]]
 
+# W&B artifact (name, type) of each stage's outputs: collect -> curate -> train -> quantize make the lineage
+ARTIFACTS = {
+    "collect": ("responses", "dataset"),
+    "curate": ("curated", "dataset"),
+    "train": ("lora-model", "model"),
+    "quantize": ("quantized-model", "model"),
+    "evaluate": ("evaluation", "evaluation"),
+}
+# manifest input key naming the upstream run dir
+UPSTREAM = {"curate": "collect_dir", "train": "curate_dir", "quantize": "train_dir"}
 
-def run_stage(stage: str, cfg: DictConfig, run_dir: Path, fn: StageFn, group: str | None = None) -> dict[str, Any]:
+
+def save_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """The resolved config, secrets redacted, as `config.yaml` in the run dir (what gpt4all-diff compares)."""
+    path = run_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(to_container(cfg)))))
+    return path
+
+
+def upstream_dir(stage: str, run_dir: Path) -> Path | None:
+    """The run dir this stage read its input from, as recorded in its manifest."""
+    key = UPSTREAM.get(stage)
+    if not key or not (run_dir / MANIFEST).is_file():
+        return None
+    value = json.loads((run_dir / MANIFEST).read_text())["inputs"].get(key)
+    return Path(value) if value else None
+
+
+def run_stage(
+    stage: str, cfg: DictConfig, run_dir: Path, fn: StageFn, group: str | None = None, input_key: str | None = None
+) -> dict[str, Any]:
     """Validate the config, run one stage inside a tracked run, and always close the run.
 
     A failure still finishes the W&B run (with a non-zero exit code), so one failed multirun job never leaks
-    into the next job's run. Returns the stage's headline numbers.
+    into the next job's run. On success the manifest gets the stage's cache key and wall time, `result.json`
+    holds the headline numbers, and the outputs are logged as a W&B artifact that uses the input's artifact.
     """
     cfg = validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
     log.info("[%s] output dir: %s (config %s)", stage, run_dir, config_hash(cfg))
     tracker = Tracker(cfg, stage, run_dir, group=group)
+    start = time.perf_counter()
     try:
         result = fn(cfg, run_dir, tracker)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        upstream = upstream_dir(stage, run_dir)
+        key = stage_key(cfg, stage, input_key or upstream_key(upstream)) if "stage_cache" in cfg else None
+        stamp_manifest(run_dir, cache_key=key, seconds=result["seconds"])
+        write_json(run_dir / "result.json", result)
         tracker.summary({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+        tracker.lineage(stage, run_dir, upstream)
     except BaseException:
         log.exception("[%s] failed; outputs so far are in %s", stage, run_dir)
         tracker.finish(exit_code=1)
         raise
     tracker.finish()
-    log.info("[%s] done; outputs in %s", stage, run_dir)
+    log.info("[%s] done in %.1fs; outputs in %s", stage, result["seconds"], run_dir)
     return result
+
+
+def is_multirun() -> bool:
+    """True inside a Hydra multirun job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def sweep_group() -> str | None:
     """In a Hydra multirun every job shares the sweep dir's name as its W&B group."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            return f"sweep-{Path(hc.sweep.dir).name}"
-    except Exception:  # not under Hydra (tests, library use)
+    if not is_multirun():
         return None
-    return None
+    from hydra.core.hydra_config import HydraConfig
+
+    return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
 

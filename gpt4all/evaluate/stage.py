@@ -1,113 +1,142 @@
-"""evaluate: setup (suite, models) -> run (perplexity per model) -> save (JSON, CSV, plot, manifest)."""
+"""evaluate: setup (suite, models) -> run (perplexity per model and method) -> compare (tests, trade-offs)
+-> save (JSON, CSV, plot, manifest, W&B tables and image)."""
 
 from __future__ import annotations
 
 import csv
-import gc
 import logging
 import math
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
-from gpt4all.core.config import config_hash, latest_run
-from gpt4all.core.manifest import read_manifest, write_json, write_manifest
-from gpt4all.core.metrics import median, perplexities, response_nll_gguf, response_nll_hf
-from gpt4all.core.models import load_model, load_pretrained_dir, load_tokenizer
+from gpt4all.core.config import config_hash
+from gpt4all.core.lm import load_lm, score_nll
+from gpt4all.core.manifest import write_json, write_manifest
+from gpt4all.core.metrics import compare_perplexities, perplexities, perplexity_summary
 from gpt4all.core.tracking import Tracker
+from gpt4all.evaluate.models import Candidate, candidates, comparisons
 from gpt4all.evaluate.plots import perplexity_plot
 from gpt4all.evaluate.suites import load_suite
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Candidate:
-    name: str
-    kind: str  # base | hf | gguf
-    path: str | None
-    template: Any
+def nan_perplexity(ev: Any) -> float:
+    """What a NaN score becomes: eval.nan_perplexity, else clip (conditional) or 0 (gpt4all_2023, whose figure
+    script's np.nan_to_num(x, 100) passed 100 as `copy`, so NaN became 0)."""
+    if ev.nan_perplexity is not None:
+        return float(ev.nan_perplexity)
+    return 0.0 if ev.method == "gpt4all_2023" else float(ev.clip)
 
 
-def candidates(cfg: DictConfig) -> list[Candidate]:
-    """The models to score: the base model, and the finetuned / quantized runs named or latest."""
-    ev = cfg.evaluate
-    out = [Candidate(f"base:{cfg.model.name}", "base", None, cfg.model.template)] if ev.include_base else []
-
-    def run_dir(explicit: str | None, stage: str) -> Path | None:
-        if explicit:
-            return Path(explicit)
-        return latest_run(cfg.paths.output_dir, stage) if ev.latest else None
-
-    train_dir = run_dir(ev.train_dir, "train")
-    if train_dir:
-        m = read_manifest(train_dir, "train")
-        out.append(Candidate("finetuned", "hf", m["outputs"]["merged"], OmegaConf.create(m["inputs"]["template"])))
-    quant_dir = run_dir(ev.quantize_dir, "quantize")
-    if quant_dir:
-        m = read_manifest(quant_dir, "quantize")
-        if "gguf" in m["outputs"]:
-            name = Path(m["outputs"]["gguf"]).stem.replace("model-", "finetuned-")
-            out.append(Candidate(name, "gguf", m["outputs"]["gguf"], OmegaConf.create(m["inputs"]["template"])))
-    if not out:
-        raise ValueError("nothing to evaluate: set evaluate.include_base, evaluate.train_dir/quantize_dir or evaluate.latest")
-    return out
-
-
-def score(c: Candidate, cfg: DictConfig, pairs: list[tuple[str, str]]) -> list[float]:
+def score(c: Candidate, cfg: DictConfig, examples: list) -> list[float]:
     ev = cfg.eval
-    if c.kind == "gguf":
-        return response_nll_gguf(c.path, c.template, pairs, max_length=ev.max_length, n_threads=ev.n_threads)
-    if c.kind == "base":
-        model, tok = load_model(cfg.model, cfg.paths.cache_dir, seed=cfg.seed), load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    else:
-        model, tok = load_pretrained_dir(c.path)
+    lm = load_lm(c.spec, cfg.model, cfg.paths.cache_dir, seed=cfg.seed, n_threads=ev.n_threads, n_ctx=ev.n_ctx)
     try:
-        return response_nll_hf(model, tok, c.template, pairs, max_length=ev.max_length, batch_size=ev.batch_size)
+        return score_nll(lm, ev.method, [e.triple() for e in examples], c.spec.template, max_length=ev.max_length,
+                         batch_size=ev.batch_size)
     finally:
-        del model
-        gc.collect()
+        lm.close()
+
+
+def tradeoffs(models: list[Candidate], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Size, generation speed and perplexity change of each quantized model vs. the unquantized finetuned one."""
+    ref = next((c.name for c in models if c.role == "finetuned"), None)
+    rows = []
+    for c in models:
+        if c.role != "quantized" or not c.quant:
+            continue
+        row = {"model": c.name, "scheme": c.quant.get("scheme"), "size_mb": c.quant.get("size_mb"),
+               "unquantized_mb": c.quant.get("unquantized_mb"), "tokens_per_s": c.quant.get("tokens_per_s"),
+               "unquantized_tokens_per_s": c.quant.get("unquantized_tokens_per_s"),
+               "median_perplexity": results[c.name]["median_perplexity"]}
+        if ref:
+            base = results[ref]
+            row["median_change_pct"] = round(100 * (row["median_perplexity"] / base["median_perplexity"] - 1), 2)
+            row["mean_change_pct"] = round(100 * (results[c.name]["mean_perplexity"] / base["mean_perplexity"] - 1), 2)
+        rows.append(row)
+    return rows
+
+
+def print_report(suite: str, method: str, results: dict[str, dict[str, Any]], tests: list[dict[str, Any]],
+                 alpha: float) -> None:
+    t = Table(title=f"ground-truth perplexity: {suite} ({method})")
+    for col in ("model", "mean", "median", "share clipped", "nan"):
+        t.add_column(col)
+    for name, r in results.items():
+        t.add_row(name, f"{r['mean_perplexity']:.3f}", f"{r['median_perplexity']:.3f}", f"{r['share_clipped']:.1%}",
+                  str(r["nan"]))
+    console = Console(width=140)
+    console.print(t)
+    for test in tests:
+        verdict = "yes" if test["p_value"] < alpha else "no"
+        console.print(f"  {test['a']} lower than {test['b']}? {test['test']} one-sided p = {test['p_value']:.3g} "
+                      f"({verdict} at alpha {alpha:g}; lower on {test['share_lower']:.0%} of examples)")
 
 
 def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-    examples = load_suite(cfg.eval)
-    pairs = [(e.prompt, e.reference) for e in examples]
+    ev = cfg.eval
+    examples = load_suite(ev)
     models = candidates(cfg)
-    clip = cfg.eval.clip
+    clip, nan_value = ev.clip, nan_perplexity(ev)
 
     results: dict[str, dict[str, Any]] = {}
     rows = []
     for c in models:
-        log.info("[evaluate] scoring %s (%s) on %d examples", c.name, c.kind, len(pairs))
-        nll = score(c, cfg, pairs)
-        ppl = perplexities(nll, clip=clip)
+        log.info("[evaluate] scoring %s (%s, %s) on %d examples", c.name, c.kind, ev.method, len(examples))
+        start = time.perf_counter()
+        nll = score(c, cfg, examples)
+        seconds = time.perf_counter() - start
+        ppl = perplexities(nll, clip=clip, nan_value=nan_value)
         nan = sum(math.isnan(x) for x in nll)
+        s = perplexity_summary(ppl, clip, nan)
         results[c.name] = {
-            "kind": c.kind, "path": c.path, "median_perplexity": round(median(ppl), 4),
-            "mean_perplexity": round(sum(ppl) / len(ppl), 4), "clipped": sum(p >= clip for p in ppl), "nan": nan,
-            "perplexity": ppl,
+            "kind": c.kind, "path": c.path, "lora": c.spec.lora, "median_perplexity": round(s["median"], 4),
+            "mean_perplexity": round(s["mean"], 4), "share_clipped": round(s["share_clipped"], 4),
+            "clipped": sum(p >= clip for p in ppl), "nan": nan, "seconds": round(seconds, 2),
+            "perplexity": ppl, "nll": [None if math.isnan(x) else x for x in nll],
         }
         rows += [{"id": e.id, "model": c.name, "nll": n, "perplexity": p} for e, n, p in zip(examples, nll, ppl)]
 
-    write_json(run_dir / "results.json", {"suite": cfg.eval.name, "examples": len(examples), "clip": clip, "models": results})
+    tests = []
+    for a, b in comparisons(cfg, models):
+        test = compare_perplexities(results[a]["perplexity"], results[b]["perplexity"], paired=cfg.evaluate.paired)
+        tests.append({"a": a, "b": b, **test})
+    trade = tradeoffs(models, results)
+
+    write_json(run_dir / "results.json", {"suite": ev.name, "method": ev.method, "examples": len(examples),
+                                          "clip": clip, "nan_perplexity": nan_value, "models": results,
+                                          "tests": tests, "tradeoffs": trade})
     with (run_dir / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["id", "model", "nll", "perplexity"])
         writer.writeheader()
         writer.writerows(rows)
     plot = perplexity_plot({k: v["perplexity"] for k, v in results.items()}, clip, run_dir / "perplexity.png",
-                           f"{cfg.eval.name}: {len(examples)} examples")
+                           f"{ev.name} ({ev.method}): {len(examples)} examples")
+    print_report(ev.name, ev.method, results, tests, cfg.evaluate.alpha)
 
     medians = {name: r["median_perplexity"] for name, r in results.items()}
+    summary_rows = [{"model": k, **{f: r[f] for f in ("kind", "mean_perplexity", "median_perplexity", "share_clipped",
+                                                          "nan", "seconds")}} for k, r in results.items()]
     tracker.log({f"evaluate/median_perplexity/{k}": v for k, v in medians.items()})
+    tracker.log({f"evaluate/p_value/{t['a']}<{t['b']}": t["p_value"] for t in tests})
     tracker.table("evaluate/perplexity", rows)
+    tracker.table("evaluate/summary", summary_rows)
+    tracker.table("evaluate/tests", tests)
+    tracker.table("evaluate/tradeoffs", trade)
     tracker.image("evaluate/perplexity_plot", plot)
     write_manifest(
         run_dir, "evaluate", config_hash(cfg),
-        inputs={"suite": cfg.eval.name, "models": {c.name: c.path for c in models}},
+        inputs={"suite": ev.name, "method": ev.method,
+                "models": {c.name: {"kind": c.kind, "path": c.path, "lora": c.spec.lora} for c in models}},
         outputs={"results_json": run_dir / "results.json", "results_csv": run_dir / "results.csv", "plot": plot},
         counts={"examples": len(examples)},
-        metrics={"median_perplexity": medians},
+        metrics={"median_perplexity": medians, "tests": tests},
     )
-    return {"plot": str(plot), "examples": len(examples), "median_perplexity": medians}
+    return {"plot": str(plot), "examples": len(examples), "method": ev.method, "median_perplexity": medians,
+            "p_values": {f"{t['a']} < {t['b']}": round(t["p_value"], 5) for t in tests}}

@@ -55,21 +55,28 @@ def _rope_theta(cfg: dict) -> float:
     return float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
 
 
-def _copy_metadata(writer: gguf.GGUFWriter, reader: gguf.GGUFReader) -> None:
-    """Copy tokenizer.* and descriptive general.* keys from a source GGUF."""
+def _copy_metadata(writer: gguf.GGUFWriter, reader: gguf.GGUFReader, overrides: dict[str, str] | None = None) -> None:
+    """Copy tokenizer.* and descriptive general.* keys from a source GGUF (string `overrides` replace values)."""
+    overrides = overrides or {}
     for key, field in reader.fields.items():
         if not key.startswith(("tokenizer.", "general.")) or key in _SKIP_GENERAL:
+            continue
+        if key in overrides:
+            writer.add_string(key, overrides[key])
             continue
         vtype = field.types[0]
         sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), vtype, sub_type=sub_type)
 
 
-def export_gguf(model_dir: Path, out_path: Path, metadata_gguf: Path, dtype: str = "f16") -> Path:
+def export_gguf(model_dir: Path, out_path: Path, metadata_gguf: Path | gguf.GGUFReader, dtype: str = "f16",
+                pre_tokenizer: str | None = None) -> Path:
     """Write a HF Llama checkpoint (safetensors) as a GGUF file, atomically.
 
     Tokenizer and general metadata come from `metadata_gguf` (the GGUF the tokenizer came from); the llama.*
     hyperparameters come from the checkpoint's config.json. `dtype` is "f16" or "f32" (norms stay f32).
+    `pre_tokenizer` overrides tokenizer.ggml.pre (e.g. "starcoder" for older llama.cpp builds that do not know
+    "smollm": same split rule; see docs/quantize_evaluate.md).
     """
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}")
@@ -78,7 +85,8 @@ def export_gguf(model_dir: Path, out_path: Path, metadata_gguf: Path, dtype: str
     if cfg.get("model_type") != "llama":
         raise ValueError(f"only Llama-architecture checkpoints are supported, got model_type={cfg.get('model_type')!r}")
 
-    reader = gguf.GGUFReader(str(metadata_gguf))
+    reader = metadata_gguf if isinstance(metadata_gguf, gguf.GGUFReader) else gguf.GGUFReader(str(metadata_gguf))
+    metadata_gguf = Path(getattr(reader.data, "filename", None) or str(metadata_gguf))
     if "tokenizer.ggml.tokens" not in reader.fields:
         raise ValueError(f"{metadata_gguf} has no tokenizer.ggml.tokens to copy")
     n_vocab_tok = len(reader.fields["tokenizer.ggml.tokens"].data)
@@ -101,7 +109,7 @@ def export_gguf(model_dir: Path, out_path: Path, metadata_gguf: Path, dtype: str
     tmp = out_path.with_name(out_path.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp), ARCH_NAME)
     try:
-        _copy_metadata(writer, reader)
+        _copy_metadata(writer, reader, {"tokenizer.ggml.pre": pre_tokenizer} if pre_tokenizer else None)
         writer.add_context_length(int(cfg["max_position_embeddings"]))
         writer.add_embedding_length(n_embd)
         writer.add_block_count(n_layers)

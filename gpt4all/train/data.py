@@ -1,43 +1,26 @@
-"""The curated prompt/response pairs as a Lightning data module: tokenize with the shared template, split, pad."""
+"""The curated prompt/response pairs as a Lightning data module: guard, tokenize with the template, split, batch."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
-from gpt4all.core.template import IGNORE_INDEX, encode_pair
+from gpt4all.core.template import encode_pair
+from gpt4all.train.batching import Collator, ResumableSampler, make_units, resume_progress
+from gpt4all.train.guard import check_no_eval_leak
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "response")
-
-
-class PadCollator:
-    """Pad `input_ids` / `labels` on the right to the longest example of the batch (labels with IGNORE_INDEX)."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = int(pad_token_id)
-
-    def __call__(self, examples: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(ex["input_ids"]) for ex in examples)
-        n = len(examples)
-        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        for i, ex in enumerate(examples):
-            k = len(ex["input_ids"])
-            input_ids[i, :k] = torch.tensor(ex["input_ids"], dtype=torch.long)
-            attention_mask[i, :k] = 1
-            labels[i, :k] = torch.tensor(ex["labels"], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
@@ -65,7 +48,10 @@ class ChatDataModule(L.LightningDataModule):
     """Curated pairs saved with `Dataset.save_to_disk` (columns id, prompt, response, source).
 
     Every row becomes prompt + response + template suffix, with labels IGNORE_INDEX on the prompt (the model
-    learns to answer and to stop). The train/val split is a seeded shuffle of the rows.
+    learns to answer and to stop). `template` is a resolved `{prompt, response_suffix}` (see
+    gpt4all.core.template.resolve_template). Rows whose prompt is an evaluation instruction are refused
+    (`eval_guard`). The train/val split is a seeded shuffle of the rows; `packing` picks how rows are batched
+    (gpt4all.train.batching). Under DDP each rank reads its own shard of the units.
     """
 
     def __init__(
@@ -78,6 +64,10 @@ class ChatDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
+        packing: str = "none",
+        pack_length: int | None = None,
+        eval_guard: bool = True,
+        eval_guard_path: str | None = None,
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -88,11 +78,17 @@ class ChatDataModule(L.LightningDataModule):
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self.num_workers = int(num_workers)
+        self.packing = packing
+        self.pack_length = int(pack_length or max_length)
+        if self.pack_length < self.max_length and packing == "pack":
+            raise ValueError(f"train.pack_length ({self.pack_length}) must be at least model.max_length ({max_length})")
+        self.eval_guard, self.eval_guard_path = eval_guard, eval_guard_path
         split_sizes(2, self.val_fraction)  # validate early
+        make_units([], packing, 1, 1, 0)  # validate the mode early
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad token nor an eos token to pad with")
-        self.collate = PadCollator(pad)
+        self.collate = Collator(pad, pack=packing == "pack")
         self.train_examples: list[dict[str, list[int]]] | None = None
         self.val_examples: list[dict[str, list[int]]] | None = None
 
@@ -125,10 +121,14 @@ class ChatDataModule(L.LightningDataModule):
         if self.train_examples is not None:
             return
         ds = self._load()
+        prompts = [str(p) for p in ds["prompt"]]
+        if self.eval_guard:
+            ids = [str(i) for i in ds["id"]] if "id" in ds.column_names else [str(i) for i in range(len(ds))]
+            check_no_eval_leak(prompts, ids, str(self.data_dir), self.eval_guard_path)
         examples = []
-        for prompt, response in zip(ds["prompt"], ds["response"]):
+        for prompt, response in zip(prompts, ds["response"]):
             ids, labels = encode_pair(
-                self._encode, self.template, str(prompt), str(response), self.max_length, add_suffix=True
+                self._encode, self.template, prompt, str(response), self.max_length, add_suffix=True
             )
             examples.append({"input_ids": ids, "labels": labels})
         order = list(range(len(examples)))
@@ -136,7 +136,7 @@ class ChatDataModule(L.LightningDataModule):
         n_train, n_val = split_sizes(len(examples), self.val_fraction)
         self.train_examples = [examples[i] for i in order[:n_train]]
         self.val_examples = [examples[i] for i in order[n_train:]]
-        log.info("data %s: %d train / %d val examples", self.data_dir, n_train, n_val)
+        log.info("data %s: %d train / %d val examples, batching %s", self.data_dir, n_train, n_val, self.packing)
 
     @property
     def num_train_examples(self) -> int:
@@ -149,13 +149,18 @@ class ChatDataModule(L.LightningDataModule):
         return len(self.val_examples)
 
     # -- loaders ---------------------------------------------------------------------------------------
-    def _loader(self, examples: list, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(self, examples: list, train: bool) -> DataLoader:
+        units = make_units(examples, self.packing, self.batch_size, self.pack_length, self.seed + (0 if train else 1))
+        per_batch = 1 if self.packing == "group_by_length" else self.batch_size
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ResumableSampler(len(units), per_batch, shuffle=train, seed=self.seed, rank=rank, world_size=world)
+        if train and trainer is not None:
+            sampler.progress = lambda: resume_progress(self.trainer, math.ceil(len(sampler) / per_batch))
         return DataLoader(
-            examples,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            units,
+            batch_size=per_batch,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -163,11 +168,11 @@ class ChatDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_examples, shuffle=True)
+        return self._loader(self.train_examples, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         """No validation set: an empty list, which Lightning 2.6 takes as "skip validation" (None is rejected)."""
         self.setup()
         if not self.val_examples:
             return []
-        return self._loader(self.val_examples, shuffle=False)
+        return self._loader(self.val_examples, train=False)

@@ -1,34 +1,37 @@
-"""LoRA finetuning of a causal LM as a LightningModule (PEFT adapter on a frozen base)."""
+"""Finetuning a causal LM as a LightningModule: a PEFT LoRA adapter on a frozen base, or every weight (lora=none)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from peft import LoraConfig, get_peft_model
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from gpt4all.core.metrics import count_label_tokens, tokens_per_second
+from gpt4all.core.metrics import count_label_tokens
+from gpt4all.core.template import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("linear", "constant")
+SCHEDULES = ("linear", "cosine", "constant")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: float, schedule: str = "linear") -> float:
-    """Multiplier of the base lr at optimizer step `step` (0-based): linear warmup, then constant or linear
-    decay towards 0 at `total_steps` (constant when total_steps is unknown/infinite)."""
+    """Multiplier of the base lr at optimizer step `step` (0-based): linear warmup, then linear or cosine decay
+    towards 0 at `total_steps`, or constant (also when total_steps is unknown/infinite)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant" or not math.isfinite(total_steps) or total_steps <= warmup_steps:
         return 1.0
-    return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def lora_config(lora: Any) -> LoraConfig:
@@ -50,12 +53,29 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-class LoRAModule(L.LightningModule):
-    """Wraps a base causal LM with a LoRA adapter; only the adapter trains.
+def _split_head(model: torch.nn.Module) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) of a plain causal LM whose logits are `lm_head(last hidden state)`, else None."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    cfg = getattr(base, "config", None)
+    if any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale")):
+        return None
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return (decoder, head) if decoder is not None and isinstance(head, torch.nn.Linear) else None
 
-    Logs per step: `train/loss` (progress bar), `train/tokens` (loss-carrying response tokens in the batch),
-    `train/tokens_seen` (running total), `train/tokens_per_s` (batch tokens over the wall time of the step,
-    forward + backward + optimizer) and `lr`; per validation epoch: `val/loss`.
+
+class LoRAModule(L.LightningModule):
+    """Wraps a base causal LM with a LoRA adapter (only the adapter trains), or trains it whole (`lora.enabled`
+    false). AdamW with warmup + linear/cosine/constant schedule; clipping, accumulation and precision are Trainer
+    settings.
+
+    The loss is the mean cross-entropy over response tokens (labels not IGNORE_INDEX). The vocabulary projection
+    runs only on those positions: the prompt and padding never pay for the widest matmul of a small model and its
+    softmax (the same loss as `model(labels=...)`, which the fallback uses for models with logit scaling).
+    Logs per step: `train/loss`, `train/tokens` (loss tokens in the batch), `train/tokens_seen` (running total,
+    kept across resumes) and `lr`; per validation: `val/loss`. Checkpoints hold only the trainable weights.
     """
 
     def __init__(
@@ -66,60 +86,78 @@ class LoRAModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         schedule: str = "linear",
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
-        self.save_hyperparameters(ignore=["model"])
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.warmup_steps = int(warmup_steps)
-        self.schedule = schedule
-        self.model = get_peft_model(model, lora_config(lora))
+            raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+        self.save_hyperparameters(ignore=["model", "lora"])
+        # plain data, so checkpoints load with torch.load(weights_only=True)
+        self.hparams["lora"] = OmegaConf.to_container(lora, resolve=True) if OmegaConf.is_config(lora) else dict(lora)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.warmup_steps, self.schedule = int(warmup_steps), schedule
+        self.use_lora = bool(getattr(lora, "enabled", True))
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = get_peft_model(model, lora_config(lora)) if self.use_lora else model
         self.model.train()  # from_pretrained gives eval mode and Lightning does not change it
+        self.strict_loading = not self.use_lora  # LoRA checkpoints carry the adapter only
+        self._split = _split_head(self.model)
         self.num_trainable_params, self.num_total_params = count_params(self.model)
         self.hparams["trainable_params"] = self.num_trainable_params
         self.hparams["total_params"] = self.num_total_params
         log.info(
-            "LoRA r=%s on %s: %d trainable of %d parameters (%.3f %%)",
-            lora.r, list(lora.target_modules), self.num_trainable_params, self.num_total_params,
+            "%s: %d trainable of %d parameters (%.3f %%)",
+            f"LoRA r={lora.r} on {list(lora.target_modules)}" if self.use_lora else "full finetune",
+            self.num_trainable_params, self.num_total_params,
             100.0 * self.num_trainable_params / max(1, self.num_total_params),
         )
         self.tokens_seen = 0
-        self._step_start: float | None = None
-        self._batch_tokens = 0
+        self.last_val_step: int | None = None  # global step of the latest validation
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    @staticmethod
+    def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
+                "position_ids": batch.get("position_ids"), "use_cache": False}
+
+    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          labels=labels, use_cache=False)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the labelled (response) tokens of the batch."""
+        if self._split is None:
+            return self.model(**self.model_inputs(batch), labels=batch["labels"]).loss
+        decoder, head = self._split
+        hidden = decoder(**self.model_inputs(batch)).last_hidden_state
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORE_INDEX
+        if not keep.any():
+            return hidden.sum() * 0.0
+        logits = head(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), targets[keep])
 
     # -- training ----------------------------------------------------------------------------------------
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        self._step_start = time.perf_counter()
-
     def training_step(self, batch, batch_idx):
-        out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss = self.loss(batch)
         n = batch["input_ids"].shape[0]
-        self._batch_tokens = count_label_tokens(batch["labels"])
-        self.tokens_seen += self._batch_tokens
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/tokens", float(self._batch_tokens), on_step=True, on_epoch=False, reduce_fx="sum", batch_size=n)
+        tokens = count_label_tokens(batch["labels"])
+        self.tokens_seen += tokens
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/tokens", float(tokens), on_step=True, on_epoch=False, reduce_fx="sum", batch_size=n)
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, batch_size=n)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n)
-        return out.loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self._step_start is None:
-            return
-        seconds = time.perf_counter() - self._step_start
-        self.log(
-            "train/tokens_per_s", tokens_per_second(self._batch_tokens, seconds),
-            on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0],
-        )
+        return loss
 
     def validation_step(self, batch, batch_idx):
-        out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        self.log("val/loss", out.loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["input_ids"].shape[0])
-        return out.loss
+        loss = self.loss(batch)
+        self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=count_label_tokens(batch["labels"]) or 1)  # a token-weighted mean over the val set
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.last_val_step = self.trainer.global_step
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -131,20 +169,32 @@ class LoRAModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
-    # -- export --------------------------------------------------------------------------------------------
-    def save(self, out_dir: Path, tokenizer: Any) -> dict[str, Path]:
-        """Write the PEFT adapter to out_dir/adapter and the merged model + tokenizer to out_dir/merged.
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+        if self.use_lora:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
-        The merge happens on a copy, so this module can keep training afterwards.
-        """
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+
+    # -- export --------------------------------------------------------------------------------------------
+    def save(self, out_dir: Path, tokenizer: Any) -> dict[str, Path | None]:
+        """Write the PEFT adapter to out_dir/adapter (LoRA only) and the merged model + tokenizer to
+        out_dir/merged. The merge happens on a copy, so this module can keep training afterwards."""
         out_dir = Path(out_dir)
         adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
-        self.model.save_pretrained(str(adapter_dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(adapter_dir))
-        merged = copy.deepcopy(self.model).merge_and_unload()
+        if self.use_lora:
+            self.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+            tokenizer.save_pretrained(str(adapter_dir))
+            merged = copy.deepcopy(self.model).merge_and_unload()
+        else:
+            merged = self.model
+        was_training = merged.training
         merged.eval()
         merged.save_pretrained(str(merged_dir), safe_serialization=True)
         tokenizer.save_pretrained(str(merged_dir))
-        del merged
-        log.info("saved adapter to %s and merged model to %s", adapter_dir, merged_dir)
-        return {"adapter": adapter_dir, "merged": merged_dir}
+        merged.train(was_training)
+        log.info("saved %smerged model to %s", f"adapter to {adapter_dir} and " if self.use_lora else "", merged_dir)
+        return {"adapter": adapter_dir if self.use_lora else None, "merged": merged_dir}

@@ -1,0 +1,144 @@
+"""`gpt4all-bench collect`: collector throughput against a local endpoint with fixed latency and no capacity limit.
+
+Starts gpt4all.collect.testing_server in its own process (latency --latency, no faults), then runs the real
+online collector (AsyncOpenAI, limiter-free, retries on, every answer committed to a fresh SQLite cache) at
+each concurrency, beside a sequential baseline (the synchronous openai client, one request at a time).
+Prints requests/s and the fraction of the theoretical maximum, concurrency / latency; writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+from omegaconf import OmegaConf
+
+from gpt4all.collect.cache import AnswerCache
+from gpt4all.collect.client import Collector, make_client
+from gpt4all.collect.cost import Ledger, Price
+from gpt4all.collect.plan import build_requests
+from gpt4all.collect.sources import Prompt
+from gpt4all.core.manifest import write_json
+from gpt4all.core.schema.collect import TeacherSchema
+
+P3 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "p3_t0" / "p3_t0_sample.jsonl"
+
+
+def prompts(n: int) -> list[Prompt]:
+    """n distinct prompts: real P3 prompts when ../shared/data is there (numbered to keep them distinct)."""
+    texts = [json.loads(x)["prompt"] for x in P3.open()] if P3.is_file() else ["Say something."]
+    return [Prompt(str(i), f"{texts[i % len(texts)]} [{i}]", "bench") for i in range(n)]
+
+
+def teacher(concurrency: int, timeout_s: float, http: str) -> Any:
+    return OmegaConf.merge(OmegaConf.structured(TeacherSchema), {
+        "name": "bench", "model": "bench", "api_key_env": None, "concurrency": concurrency, "max_tokens": 64,
+        "http_client": http,
+        "timeout_s": timeout_s, "max_retries": 3, "backoff_initial_s": 0.05, "backoff_max_s": 1.0})
+
+
+async def run_collector(base_url: str, n: int, concurrency: int, cache_dir: Path, http: str) -> tuple[float, int]:
+    t = teacher(concurrency, timeout_s=30, http=http)
+    reqs = build_requests(prompts(n), t)
+    client = make_client(t, base_url)
+    with AnswerCache(cache_dir) as cache:
+        collector = Collector(client, t, cache, Ledger(Price()), progress=False)
+        await client.models.list()  # connection warm-up, as check_endpoint does
+        start = time.perf_counter()
+        await collector.run(reqs, total=len(reqs))
+        elapsed = time.perf_counter() - start
+        answered = cache.count("answered")
+    await client.close()
+    return elapsed, answered
+
+
+def run_sequential(base_url: str, n: int) -> tuple[float, int]:
+    client = openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+    ok = 0
+    start = time.perf_counter()
+    for p in prompts(n):
+        r = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": p.prompt}], max_tokens=64)
+        ok += bool(r.choices[0].message.content)
+    return time.perf_counter() - start, ok
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "gpt4all.collect.testing_server", "--latency", str(latency)],
+                            stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    if not url.startswith("http"):
+        proc.kill()
+        raise RuntimeError("the benchmark server did not start")
+    return proc, url
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="gpt4all-bench collect", description=__doc__.splitlines()[0])
+    ap.add_argument("--latency", type=float, default=0.1, help="server latency per request, seconds")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 256])
+    ap.add_argument("--seconds", type=float, default=4.0, help="ideal duration per run (sets the request count)")
+    ap.add_argument("--http", nargs="+", default=["aiohttp", "httpx"], help="the openai SDK transports to measure")
+    ap.add_argument("--sequential-requests", type=int, default=30)
+    ap.add_argument("--out", default="outputs/bench/collect.json")
+    args = ap.parse_args(argv)
+
+    proc, url = start_server(args.latency)
+    rows: list[dict[str, Any]] = []
+    try:
+        load_before = os.getloadavg()[0]
+        cpu, server_cpu = time.process_time(), cpu_seconds(proc.pid)
+        elapsed, ok = run_sequential(url, args.sequential_requests)
+        rows.append({"client": "sequential baseline", "concurrency": 1, "requests": args.sequential_requests,
+                     "answered": ok, "seconds": elapsed,
+                     "client_cpu_ms_per_request": (time.process_time() - cpu) / args.sequential_requests * 1000,
+                     "server_cpu_ms_per_request": (cpu_seconds(proc.pid) - server_cpu) / args.sequential_requests * 1000})
+        for http in args.http:
+            for c in args.concurrency:
+                n = max(30, int(c * args.seconds / args.latency))
+                cpu, server_cpu = time.process_time(), cpu_seconds(proc.pid)
+                with tempfile.TemporaryDirectory() as tmp:
+                    elapsed, ok = asyncio.run(run_collector(url, n, c, Path(tmp), http))
+                rows.append({"client": f"gpt4all collector ({http})", "concurrency": c, "requests": n,
+                             "answered": ok, "seconds": elapsed,
+                             "client_cpu_ms_per_request": (time.process_time() - cpu) / n * 1000,
+                             "server_cpu_ms_per_request": (cpu_seconds(proc.pid) - server_cpu) / n * 1000})
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    for r in rows:
+        r["requests_per_s"] = r["requests"] / r["seconds"]
+        r["theoretical_max"] = r["concurrency"] / args.latency
+        r["fraction_of_max"] = r["requests_per_s"] / r["theoretical_max"]
+        r["seconds"] = round(r["seconds"], 3)
+    load = (load_before, os.getloadavg()[0])
+    print(f"collector throughput, server latency {args.latency * 1000:.0f} ms, no capacity limit; "
+          f"{os.cpu_count()} CPUs, 1-min load average {load[0]:.1f} before, {load[1]:.1f} after")
+    print("| client | concurrency | requests | answered | seconds | req/s | max req/s | fraction of max "
+          "| client CPU ms/req | server CPU ms/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['client']} | {r['concurrency']} | {r['requests']} | {r['answered']} | {r['seconds']:.2f} | "
+              f"{r['requests_per_s']:.1f} | {r['theoretical_max']:.0f} | {r['fraction_of_max']:.1%} | "
+              f"{r['client_cpu_ms_per_request']:.2f} | {r['server_cpu_ms_per_request']:.2f} |")
+    write_json(Path(args.out), {"latency_s": args.latency, "cpus": os.cpu_count(), "load_average": load,
+                                "argv": argv, "rows": rows})
+    print(f"wrote {args.out}")
+    return 0

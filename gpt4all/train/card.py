@@ -1,0 +1,62 @@
+"""The model card (README.md) of a train run: config, data manifest, metrics and the terms binding the weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from gpt4all.core.manifest import read_manifest
+
+# What binds a model trained on a teacher's outputs, by teacher config name (the paper's "Use Considerations").
+TEACHER_TERMS = {
+    "openai": "OpenAI's Terms of Use (https://openai.com/policies/terms-of-use) apply to the distilled responses; "
+              "they prohibit using outputs to develop models that compete with OpenAI. The GPT4All report released "
+              "its model for research purposes only for this reason.",
+    "llamacpp_local": "Responses were generated locally by the bundled SmolLM2-135M-Instruct (Apache-2.0).",
+}
+
+
+def _source_manifests(curate_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    curate = read_manifest(curate_dir, "curate")
+    collect_dir = curate.get("inputs", {}).get("collect_dir")
+    try:
+        collect = read_manifest(collect_dir, "collect") if collect_dir else None
+    except (FileNotFoundError, ValueError):
+        collect = None
+    return curate, collect
+
+
+def teacher_terms(cfg: Any, collect: dict[str, Any] | None) -> str:
+    name = (collect or {}).get("inputs", {}).get("teacher") or cfg.teacher.get("name", "unknown")
+    model = (collect or {}).get("inputs", {}).get("model") or cfg.teacher.get("model", "")
+    terms = TEACHER_TERMS.get(str(name), f"Check the terms of use of the teacher API ({name}) for its outputs.")
+    return f"Teacher: `{name}` (`{model}`). {terms}"
+
+
+def model_card(cfg: Any, curate_dir: Path, template: dict[str, str], metrics: dict[str, Any]) -> str:
+    """Markdown for README.md next to the weights."""
+    curate, collect = _source_manifests(curate_dir)
+    config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "lora", "train", "trainer")}
+    data = {"curate_dir": str(curate_dir), "counts": curate.get("counts", {}),
+            "collect": {k: (collect or {}).get(k) for k in ("inputs", "counts")}}
+    kind = f"a LoRA adapter (r {cfg.lora.r}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "a full finetune"
+    return "\n".join([
+        "---", f"base_model: {cfg.model.pretrained or cfg.model.name}", "library_name: peft" if cfg.lora.enabled
+        else "library_name: transformers", "tags: [gpt4all-lab, lora, distillation]", "---", "",
+        f"# {cfg.model.name} finetuned by gpt4all-lab", "",
+        f"{kind} on {metrics.get('train_examples')} prompt/response pairs distilled from a teacher model, "
+        "reproducing the GPT4All technical report (Anand et al., 2023). `adapter/` loads with "
+        "`PeftModel.from_pretrained`, `merged/` with `AutoModelForCausalLM.from_pretrained`.", "",
+        "## Prompt format", "", f"```\n{template['prompt']}<response>{template['response_suffix']}\n```", "",
+        "## Metrics", "", "```json", json.dumps(metrics, indent=2), "```", "",
+        "## Data", "", "```json", json.dumps(data, indent=2, default=str), "```", "",
+        "## Use considerations", "",
+        f"- Base model licence: {cfg.model.license}. The finetuned weights inherit it.",
+        f"- {teacher_terms(cfg, collect)}",
+        "- The data keeps the licences of its prompt sources (e.g. Stack Overflow content is CC BY-SA 4.0).",
+        "- The Self-Instruct evaluation instructions were refused as training data (train.eval_guard).", "",
+        "## Config", "", "```yaml", OmegaConf.to_yaml(OmegaConf.create(config)).rstrip(), "```", "",
+    ])
