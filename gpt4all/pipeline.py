@@ -62,10 +62,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
         if stage_dir is not None:
             log.info("[%s] cached: reusing %s (key %s; force a re-run with stage_cache.force=[%s])",
                      stage, stage_dir, key, stage)
-            result = {"cached": True, **read_result(stage_dir)}
+            result = {**read_result(stage_dir), "reused": True}
         else:
             stage_dir = run_dir / stage
-            result = {"cached": False, **run_stage(stage, cfg, stage_dir, stage_runner(stage), group=group, input_key=previous_key)}
+            result = {**run_stage(stage, cfg, stage_dir, stage_runner(stage), group=group, input_key=previous_key),
+                      "reused": False}
             cache.store(stage, key, stage_dir)
         summary["stages"][stage] = {"dir": str(stage_dir), **result}
         previous_key = key
@@ -74,7 +75,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
                 section, name = target.split(".")
                 cfg[section][name] = str(stage_dir)
         write_json(run_dir / "summary.json", summary)
-    if all(s["cached"] for s in summary["stages"].values()):
+    if all(s["reused"] for s in summary["stages"].values()):
         log.info("every stage was cached: this job had finished before (see the dirs in summary.json)")
     print_summary(summary)
     return summary

@@ -40,9 +40,9 @@ def sweep(tmp_path_factory):
 
 def test_sweep_jobs_share_collect_and_curate_through_the_cache(sweep):
     job0, job1 = summaries(sweep / "sweep")
-    assert not job0["stages"]["collect"]["cached"] and job1["stages"]["collect"]["cached"]
+    assert not job0["stages"]["collect"]["reused"] and job1["stages"]["collect"]["reused"]
     assert job1["stages"]["curate"]["dir"] == job0["stages"]["curate"]["dir"]
-    assert not job1["stages"]["train"]["cached"]  # lora.r differs: train re-runs
+    assert not job1["stages"]["train"]["reused"]  # lora.r differs: train re-runs
 
 
 def test_sweep_wandb_runs_share_a_group(sweep):
@@ -70,7 +70,7 @@ def test_relaunched_sweep_skips_finished_jobs(sweep):
     proc = pipeline(sweep, "lora.r=4,8", multirun=True, sweep="sweep_again")
     assert proc.returncode == 0, proc.stdout[-3000:]
     for summary in summaries(sweep / "sweep_again"):
-        assert all(stage["cached"] for stage in summary["stages"].values())
+        assert all(stage["reused"] for stage in summary["stages"].values())
     assert "every stage was cached" in proc.stdout
     assert not list((sweep / "sweep_again").glob("*/train"))  # nothing trained again
 
@@ -83,7 +83,7 @@ def test_cache_hit_on_irrelevant_override_miss_on_relevant(tmp_path):
     forced = pipeline(tmp_path, SHORT, "stage_cache.force=[collect]")
     assert same.returncode == changed.returncode == forced.returncode == 0
     runs = summaries(tmp_path / "pipeline")
-    assert [r["stages"]["collect"]["cached"] for r in runs] == [False, True, False, False]
+    assert [r["stages"]["collect"]["reused"] for r in runs] == [False, True, False, False]
     assert "[collect] cached: reusing" in same.stdout
 
 
@@ -112,11 +112,11 @@ def test_report_renders_every_section(sweep):
 
 
 def test_sweep_failure_is_reported_and_fail_fast_stops_it(tmp_path):
-    keep_going = pipeline(tmp_path, SHORT, "curation.min_response_chars=abc,1", multirun=True, sweep="a")
+    keep_going = pipeline(tmp_path, SHORT, "lora.r=abc,8", multirun=True, sweep="a")
     assert keep_going.returncode != 0
     assert (tmp_path / "a" / "0" / "FAILED").exists() and (tmp_path / "a" / "1" / "summary.json").exists()
     assert keep_going.stdout.index("FAILED") < keep_going.stdout.index("#1 :")  # reported before job 1 starts
-    fail_fast = pipeline(tmp_path, SHORT, "pipeline.fail_fast=true", "curation.min_response_chars=abc,1",
+    fail_fast = pipeline(tmp_path, SHORT, "pipeline.fail_fast=true", "lora.r=abc,8",
                          multirun=True, sweep="b")
     assert fail_fast.returncode != 0
     assert (tmp_path / "b" / "0" / "FAILED").exists() and not (tmp_path / "b" / "1").exists()

@@ -13,7 +13,7 @@ def cost_report(stages: dict[str, dict[str, Any]], cost_cfg: dict[str, Any], tra
     """
     collect = stages.get("collect", {})
     api = float(collect.get("cost_usd") or 0.0)
-    train_seconds = 0.0 if stages.get("train", {}).get("cached") else float(stages.get("train", {}).get("seconds") or 0.0)
+    train_seconds = 0.0 if stages.get("train", {}).get("reused") else float(stages.get("train", {}).get("seconds") or 0.0)
     devices = trainer_cfg.get("devices", cost_cfg.get("accelerators", 1))
     n_acc = int(devices) if isinstance(devices, int) and devices > 0 else int(cost_cfg.get("accelerators") or 1)
     n_acc *= int(trainer_cfg.get("num_nodes") or 1)

@@ -85,7 +85,7 @@ def pipeline_sections(run_dir: Path, out: Path, prefix: str = "") -> list[Sectio
     overrides = " ".join(load_overrides(run_dir)) or "(none)"
     sections.append((f"{prefix}Run", f"- dir: `{run_dir}`\n- command: `gpt4all-pipeline {overrides}`\n"
                      f"- config hash: `{summary.get('config_hash', '?')}`\n"
-                     + "".join(f"- {s}: `{d}`{' (cached)' if stages[s].get('cached') else ''}\n" for s, d in dirs.items())))
+                     + "".join(f"- {s}: `{d}`{' (reused from the stage cache)' if stages[s].get('reused') else ''}\n" for s, d in dirs.items())))
 
     if "curate" in dirs:
         funnel_md = dirs["curate"] / "funnel.md"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
