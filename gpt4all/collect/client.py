@@ -19,7 +19,6 @@ from typing import Any
 import httpx2
 import openai
 from aiolimiter import AsyncLimiter
-from openai.types.chat import ChatCompletion
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -40,6 +39,21 @@ LOCAL_PLACEHOLDER_KEY = "sk-no-key-needed"
 
 class EmptyAnswer(Exception):
     """The endpoint answered 200 with no content."""
+
+
+def read_completion(resp: Any) -> tuple[str, str | None, dict[str, int] | None]:
+    """(content, finish_reason, usage) of a chat completion's JSON; malformed or empty answers raise EmptyAnswer."""
+    try:
+        choice = resp["choices"][0]
+        content, finish_reason = choice["message"].get("content"), choice.get("finish_reason")
+        usage = resp.get("usage")
+        usage = {"prompt_tokens": int(usage["prompt_tokens"]), "completion_tokens": int(usage["completion_tokens"])} \
+            if usage else None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
+        raise EmptyAnswer(f"malformed completion: {type(err).__name__}: {err}") from None
+    if not isinstance(content, str) or not content.strip():
+        raise EmptyAnswer(f"empty content (finish_reason={finish_reason})")
+    return content, finish_reason, usage
 
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
@@ -151,23 +165,20 @@ class Collector:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     await self._limit(req)
-                    # client.post skips the SDK's per-call TypedDict transform of the params (about a third of
-                    # the client's CPU per request at high concurrency); the response is the same ChatCompletion
-                    resp = await self.client.post("/chat/completions", cast_to=ChatCompletion, body={
+                    # client.post with cast_to=object skips the SDK's per-call TypedDict transform of the params
+                    # and its model construction of the response (most of the client's CPU per request at high
+                    # concurrency); the JSON is read as plain data
+                    resp = await self.client.post("/chat/completions", cast_to=object, body={
                         "model": self.model, "messages": req.messages, **self.params})
-                    choice = resp.choices[0]
-                    if not (choice.message.content or "").strip():
-                        raise EmptyAnswer(f"empty content (finish_reason={choice.finish_reason})")
+                    content, finish_reason, usage = read_completion(resp)
         except FATAL:
             raise
         except (openai.APIError, json.JSONDecodeError, EmptyAnswer) as err:
             self.ledger.errors += 1
             rec.update(response=None, finish_reason=None, usage=None, error=error_record(err, attempts))
             return False, {**rec, "latency_s": round(time.perf_counter() - start, 3), "cost_usd": 0.0}, attempts
-        usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens} \
-            if resp.usage else None
         cost = self.ledger.add(usage)
-        rec.update(response=choice.message.content, finish_reason=choice.finish_reason, usage=usage, error=None,
+        rec.update(response=content, finish_reason=finish_reason, usage=usage, error=None,
                    attempts=attempts, cost_usd=round(cost, 8), latency_s=round(time.perf_counter() - start, 3))
         return True, rec, attempts
 
