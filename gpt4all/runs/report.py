@@ -82,14 +82,15 @@ def pipeline_sections(run_dir: Path, out: Path, prefix: str = "") -> list[Sectio
     dirs = {s: Path(v["dir"]) for s, v in stages.items() if "dir" in v}
     sections: list[Section] = []
 
-    overrides = " ".join(load_overrides(run_dir)) or "(none)"
-    sections.append((f"{prefix}Run", f"- dir: `{run_dir}`\n- command: `gpt4all-pipeline {overrides}`\n"
+    command = " ".join(["gpt4all-pipeline", *load_overrides(run_dir)])
+    sections.append((f"{prefix}Run", f"- dir: `{run_dir}`\n- command: `{command}`\n"
                      f"- config hash: `{summary.get('config_hash', '?')}`\n"
                      + "".join(f"- {s}: `{d}`{' (reused from the stage cache)' if stages[s].get('reused') else ''}\n" for s, d in dirs.items())))
 
     if "curate" in dirs:
         funnel_md = dirs["curate"] / "funnel.md"
-        body = re.sub(r"^# .*\n", "", funnel_md.read_text()) if funnel_md.is_file() else _table(
+        body = re.sub(r"^(#+) ", r"\1# ", re.sub(r"^# .*\n", "", funnel_md.read_text()), flags=re.M) \
+            if funnel_md.is_file() else _table(
             [{"source": s, **v} for s, v in _read_json(dirs["curate"] / "funnel.json").get("per_source", {}).items()])
         sections.append((f"{prefix}Curation funnel", body))
 
