@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.resources
-import json
 import logging
 import random
 import re
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt4all.core.jsonl import JsonlError
+from gpt4all.core.jsonl import JsonlError, parse_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +64,8 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
             for row in reader:
                 yield reader.line_num, row
         return
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield lineno, BadRow(f"not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            yield lineno, rec if isinstance(rec, dict) else BadRow(f"expected a JSON object, got {type(rec).__name__}")
+    for lineno, rec in parse_jsonl(path):
+        yield lineno, BadRow(rec) if isinstance(rec, str) else rec
 
 
 class Source:

@@ -12,23 +12,29 @@ class JsonlError(ValueError):
     """A malformed line; the message names file and line number."""
 
 
-def iter_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for each non-blank line; raise JsonlError naming file:line on bad input."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
+def parse_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, record) for each non-blank line, or (line number, error message) for a malformed one."""
+    with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise JsonlError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(rec, dict):
-                raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            for key in required:
-                if key not in rec:
-                    raise JsonlError(f"{path}:{lineno}: missing field '{key}' (fields: {', '.join(rec) or 'none'})")
-            yield lineno, rec
+                yield lineno, f"not valid JSON ({err.msg} at column {err.colno})"
+                continue
+            yield lineno, rec if isinstance(rec, dict) else f"expected a JSON object, got {type(rec).__name__}"
+
+
+def iter_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each non-blank line; raise JsonlError naming file:line on bad input."""
+    for lineno, rec in parse_jsonl(path):
+        if isinstance(rec, str):
+            raise JsonlError(f"{path}:{lineno}: {rec}")
+        for key in required:
+            if key not in rec:
+                raise JsonlError(f"{path}:{lineno}: missing field '{key}' (fields: {', '.join(rec) or 'none'})")
+        yield lineno, rec
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ import ctypes
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import gguf
 import numpy as np
@@ -53,6 +55,26 @@ def _rope_theta(cfg: dict) -> float:
     if cfg.get("rope_scaling") or kind != "default":
         raise ValueError(f"unsupported RoPE scaling {cfg.get('rope_scaling') or kind!r}: only plain RoPE is exported")
     return float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+
+
+@contextmanager
+def gguf_writer(out_path: Path, arch: str = ARCH_NAME) -> Iterator[gguf.GGUFWriter]:
+    """A GGUFWriter on `<out>.tmp` whose header, metadata and tensors are written and renamed into place
+    when the block ends; on any error the partial file is deleted."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _copy_metadata(writer: gguf.GGUFWriter, reader: gguf.GGUFReader, overrides: dict[str, str] | None = None) -> None:
@@ -105,10 +127,7 @@ def export_gguf(model_dir: Path, out_path: Path, metadata_gguf: Path | gguf.GGUF
     head_dim = int(cfg.get("head_dim") or n_embd // n_head)
     tied = bool(cfg.get("tie_word_embeddings", False))
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), ARCH_NAME)
-    try:
+    with gguf_writer(out_path) as writer:
         _copy_metadata(writer, reader, {"tokenizer.ggml.pre": pre_tokenizer} if pre_tokenizer else None)
         writer.add_context_length(int(cfg["max_position_embeddings"]))
         writer.add_embedding_length(n_embd)
@@ -143,15 +162,6 @@ def export_gguf(model_dir: Path, out_path: Path, metadata_gguf: Path | gguf.GGUF
         if not tied and "lm_head.weight" not in state:
             raise ValueError(f"untied embeddings but no lm_head.weight in {model_dir}")
 
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return out_path
 
 

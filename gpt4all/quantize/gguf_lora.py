@@ -4,14 +4,13 @@ the base model's GGUF: `llama-cli -m base.gguf --lora adapter.gguf`, `Llama(mode
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import gguf
 import numpy as np
 from safetensors.torch import load_file
 
-from gpt4all.quantize.gguf import ARCH, ARCH_NAME, _permute
+from gpt4all.quantize.gguf import ARCH, _permute, gguf_writer
 
 PEFT_PREFIX = "base_model.model."
 
@@ -57,25 +56,13 @@ def export_lora_gguf(adapter_dir: Path, base_config: Path, out_path: Path, dtype
         raise ValueError(f"{adapter_dir}: mixed LoRA ranks {sorted(ranks)}")
     alpha = float(acfg.get("lora_alpha", next(iter(ranks))))
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), ARCH_NAME)
-    try:
+    with gguf_writer(out_path) as writer:
         writer.add_string("general.type", "adapter")
         writer.add_string("adapter.type", "lora")
         writer.add_float32("adapter.lora.alpha", alpha)
         writer.add_string("general.name", f"LoRA adapter r{next(iter(ranks))} alpha{alpha:g}")
         for name in sorted(tensors):
             writer.add_tensor(name, np.ascontiguousarray(tensors[name]))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return out_path
 
 
