@@ -36,6 +36,18 @@ def wait_for(cond, timeout: float = 60, what: str = "") -> None:
         time.sleep(0.05)
 
 
+def kill_9_when(proc: subprocess.Popen, cond, what: str, settle_s: float) -> None:
+    """SIGKILL the collector once `cond` holds (and `settle_s` has passed); never leave it running."""
+    try:
+        wait_for(cond, what=what)
+        time.sleep(settle_s)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def only_run(out: Path) -> Path:
     (run_dir,) = [p for p in (out / "collect").iterdir() if (p / "manifest.json").exists()]
     return run_dir
@@ -47,15 +59,9 @@ def test_kill_9_mid_run_then_the_same_command_resumes_without_paying_twice(tmp_p
     with FakeOpenAI(latency_s=0.01, hold_after=first_batch) as srv:
         proc = subprocess.Popen(collect_cmd(tmp_path, srv.base_url, *args), env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:  # kill once 15 answers are committed and `conc` requests are in flight (held by the server)
-            wait_for(lambda: srv.waiting == conc and answered_in_cache(tmp_path) == srv._answered >= first_batch,
-                     what="answers committed and requests in flight")
-            time.sleep(0.2)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        # kill once 15 answers are committed and `conc` requests are in flight (held by the server)
+        kill_9_when(proc, lambda: srv.waiting == conc and answered_in_cache(tmp_path) == srv._answered >= first_batch,
+                    "answers committed and requests in flight", settle_s=0.2)
         killed_answers = srv._answered
         srv.hold_after = None
         srv.release()
@@ -118,14 +124,7 @@ def test_batch_run_killed_while_polling_resumes_by_its_saved_batch_ids(tmp_path:
     with FakeOpenAI(batch=BatchPlan(polls_to_finish=2, hold=True)) as srv:
         proc = subprocess.Popen(collect_cmd(tmp_path, srv.base_url, *args), env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: len(srv.batches) == 3, what="three batches created")
-            time.sleep(0.3)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        kill_9_when(proc, lambda: len(srv.batches) == 3, "three batches created", settle_s=0.3)
         srv.release_batches()
         proc2 = run_cli(tmp_path, srv.base_url, *args)
         assert proc2.returncode == 0, proc2.stderr[-3000:]
