@@ -146,3 +146,27 @@ def test_api_key_comes_from_the_environment_and_is_written_nowhere(tmp_path: Pat
         assert srv.auth_headers == {f"Bearer {key}"}  # it was really sent
     offenders = [p for p in tmp_path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert offenders == []
+
+
+def test_prepared_requests_match_what_the_sdk_builds():
+    """PreparedAsyncOpenAI's reused URL and headers give the request the SDK itself would build."""
+    import json
+
+    import openai
+    from openai._models import FinalRequestOptions
+
+    from gpt4all.collect.client import PreparedAsyncOpenAI
+
+    kw = {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-test", "max_retries": 0}
+    prepared, plain = PreparedAsyncOpenAI(**kw), openai.AsyncOpenAI(**kw)
+    for prompt in ("first", "a longer second prompt"):
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}]}).encode()
+        opts = {"method": "post", "url": "/chat/completions", "content": body}
+        got = prepared._build_request(FinalRequestOptions.construct(**opts))
+        want = plain._build_request(FinalRequestOptions.construct(**opts))
+        assert (got.method, str(got.url), got.read()) == (want.method, str(want.url), want.read())
+        assert dict(got.headers) == dict(want.headers)  # Content-Length follows the body, the key is there
+    assert list(prepared._prepared) == [("post", "/chat/completions")]
+    # anything per-call is built by the SDK as usual
+    opts = {"method": "post", "url": "/chat/completions", "content": b"{}", "headers": {"X-Trace": "1"}}
+    assert prepared._build_request(FinalRequestOptions.construct(**opts)).headers["x-trace"] == "1"
