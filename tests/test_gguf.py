@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +99,18 @@ def test_quantize_q8_0_and_generate(tiny_f16, tmp_path):
     assert isinstance(text, str)
 
 
-def test_smollm2_export_q4_0_answers(cache_dir, tmp_path):
+def _smollm2_f16(cache_dir: str, tmp_path: Path, **export: object) -> Path:
     cfg = OmegaConf.create({"source": "gguf", "gguf_file": None, "pretrained": None})
     model_dir = tmp_path / "smollm2"
     load_model(cfg, cache_dir).save_pretrained(model_dir)
     load_tokenizer(cfg, cache_dir).save_pretrained(model_dir)
-
-    f16 = qg.export_gguf(model_dir, tmp_path / "smollm2-f16.gguf", smollm2_gguf_path())
+    f16 = qg.export_gguf(model_dir, tmp_path / "smollm2-f16.gguf", smollm2_gguf_path(), **export)
     shutil.rmtree(model_dir)
+    return f16
+
+
+def test_smollm2_export_q4_0_answers(cache_dir, tmp_path):
+    f16 = _smollm2_f16(cache_dir, tmp_path)
     q4 = qg.quantize_gguf(f16, tmp_path / "smollm2-q4_0.gguf", "q4_0")
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     assert "Paris" in qg.generate(q4, prompt, max_tokens=24)
@@ -138,3 +144,22 @@ def test_vocab_mismatch_raises(tiny_model_dir, tmp_path):
 def test_export_rejects_bad_dtype(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         qg.export_gguf(tiny_model_dir, tmp_path / "x.gguf", smollm2_gguf_path(), dtype="q4_0")
+
+
+BINDINGS_PYTHON = os.environ.get("GPT4ALL_BINDINGS_PYTHON")
+
+
+@pytest.mark.skipif(not BINDINGS_PYTHON, reason="set GPT4ALL_BINDINGS_PYTHON to a python of a separate venv with "
+                    "Nomic's gpt4all bindings (never install them in this project's venv)")
+def test_smollm2_gguf_answers_the_same_in_nomic_gpt4all_bindings(cache_dir, tmp_path):
+    """The exported file (pre-tokenizer starcoder) loads in GPT4All's own bindings and answers as llama.cpp does."""
+    f16 = _smollm2_f16(cache_dir, tmp_path, pre_tokenizer="starcoder")
+    script = Path(__file__).resolve().parents[1] / "experiments" / "gpt4all_bindings" / "check_bindings.py"
+    done = subprocess.run([BINDINGS_PYTHON, str(script), str(f16)], check=False, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    turn = f"<|im_start|>user\n{result['prompt']}<|im_end|>\n<|im_start|>assistant\n"
+    assert result["answer"].strip() == qg.generate(f16, system + turn, max_tokens=64).strip()
+    assert "Paris" in result["answer"]
