@@ -137,6 +137,25 @@ def test_split_is_seeded_and_disjoint(data_dir, tokenizer):
     assert split(1)[1] != val_a or split(2)[1] != val_a
 
 
+def test_gpt4all_2023_truncation_cuts_long_prompts_by_characters_first(tokenizer):
+    """The original release: a prompt of max_length // 2 tokens or more keeps its first min(max_length // 2,
+    len // 2) characters, then prompt + response is cut at max_length from the right."""
+    enc = lambda t: tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    text = OmegaConf.create({"prompt": "{prompt}\n", "response_suffix": "{eos}"})
+    long_prompt, response = "word " * 200, "answer " * 300
+    ids, labels = encode_pair(enc, text, long_prompt, response, 128, truncation="gpt4all_2023")
+    cut = enc(long_prompt[:64] + "\n")  # min(128 // 2, 1000 // 2) characters
+    assert ids[: len(cut)] == cut and labels[: len(cut)] == [IGNORE_INDEX] * len(cut)
+    assert len(ids) == 128 and labels[len(cut):] == ids[len(cut):]  # the response fills the rest, cut at the end
+    # a short prompt is left alone; the default rule keeps the response and cuts the prompt from the left instead
+    ids, labels = encode_pair(enc, text, "short", response, 128, truncation="gpt4all_2023")
+    assert ids[: len(enc("short\n"))] == enc("short\n") and len(ids) == 128
+    ids, labels = encode_pair(enc, text, long_prompt, "ok", 128)
+    assert labels.count(IGNORE_INDEX) == 128 - len(enc("ok{eos}")) and ids[-len(enc("ok{eos}")):] == enc("ok{eos}")
+    with pytest.raises(ValueError, match="train.truncation"):
+        encode_pair(enc, text, "p", "r", 128, truncation="middle")
+
+
 def test_labels_mask_prompt_and_padding(data_dir, tokenizer):
     dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, batch_size=4, val_fraction=0.0, seed=0)
     dm.setup("fit")

@@ -64,7 +64,7 @@ def stamp_manifest(run_dir: Path, **fields: Any) -> None:
 
 def read_manifest(run_dir: str | Path, stage: str | None = None) -> dict[str, Any]:
     """Read a stage's manifest; output paths come back absolute."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     path = run_dir / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished {stage or 'stage'} run?")

@@ -63,7 +63,7 @@ def gptq_quantize(model_dir: Path, out_dir: Path, texts: Sequence[str], bits: in
         raise RuntimeError("quant=gptq_4bit needs gptqmodel: pip install -e '.[gptq]'") from err
     from transformers import AutoTokenizer
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()  # absolute: we chdir below
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     calib = []
     for t in texts:

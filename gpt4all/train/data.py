@@ -13,7 +13,7 @@ import lightning as L
 from datasets import Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
-from gpt4all.core.template import encode_pair
+from gpt4all.core.template import TRUNCATIONS, encode_pair
 from gpt4all.train.batching import Collator, ResumableSampler, make_units, resume_progress
 from gpt4all.train.guard import check_no_eval_leak
 
@@ -67,6 +67,7 @@ class ChatDataModule(L.LightningDataModule):
         pack_length: int | None = None,
         eval_guard: bool = True,
         eval_guard_path: str | None = None,
+        truncation: str = "prompt_left",
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -82,6 +83,9 @@ class ChatDataModule(L.LightningDataModule):
         if self.pack_length < self.max_length and packing == "pack":
             raise ValueError(f"train.pack_length ({self.pack_length}) must be at least model.max_length ({max_length})")
         self.eval_guard, self.eval_guard_path = eval_guard, eval_guard_path
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"train.truncation must be one of {', '.join(TRUNCATIONS)}; got {truncation!r}")
+        self.truncation = truncation
         split_sizes(2, self.val_fraction)  # validate early
         make_units([], packing, 1, 1, 0)  # validate the mode early
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -127,7 +131,8 @@ class ChatDataModule(L.LightningDataModule):
         examples = []
         for prompt, response in zip(prompts, ds["response"]):
             ids, labels = encode_pair(
-                self._encode, self.template, prompt, str(response), self.max_length, add_suffix=True
+                self._encode, self.template, prompt, str(response), self.max_length, add_suffix=True,
+                truncation=self.truncation,
             )
             examples.append({"input_ids": ids, "labels": labels})
         order = list(range(len(examples)))

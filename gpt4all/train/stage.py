@@ -73,6 +73,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         dataset_dir, tokenizer, template, max_length=cfg.model.max_length, batch_size=t.batch_size,
         val_fraction=t.val_fraction, seed=cfg.seed, num_workers=t.num_workers, packing=t.packing,
         pack_length=t.pack_length, eval_guard=t.eval_guard.enabled, eval_guard_path=t.eval_guard.path,
+        truncation=t.truncation,
     )
     datamodule.setup("fit")  # fail on bad data (or an eval-set leak) before loading the model
     module = LoRAModule(

@@ -65,6 +65,7 @@ class TrainSchema:
     num_workers: int = 0
     packing: str = "group_by_length"  # pack | group_by_length | none
     pack_length: Optional[int] = None  # null: model.max_length
+    truncation: str = "prompt_left"  # prompt_left | gpt4all_2023 (the original release's rule)
     gradient_checkpointing: bool = False
     resume: Optional[str] = None  # last | path to a .ckpt | a train run dir
     eval_guard: EvalGuardSchema = field(default_factory=EvalGuardSchema)
