@@ -98,7 +98,10 @@ class LoRAModule(L.LightningModule):
         self.warmup_steps, self.schedule = int(warmup_steps), schedule
         self.use_lora = bool(getattr(lora, "enabled", True))
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24; the old name is deprecated
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = get_peft_model(model, lora_config(lora)) if self.use_lora else model
         self.model.train()  # from_pretrained gives eval mode and Lightning does not change it
         self.strict_loading = not self.use_lora  # LoRA checkpoints carry the adapter only
