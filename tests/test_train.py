@@ -12,6 +12,7 @@ from datasets import Dataset
 from omegaconf import OmegaConf
 
 from gpt4all.core.template import IGNORE_INDEX, encode_pair, render_prompt, resolve_template
+from gpt4all.train.attention import PACKED_SDPA
 from gpt4all.train.callbacks import Throughput
 from gpt4all.train.batching import Collator, ResumableSampler, pack_bins
 from gpt4all.train.data import ChatDataModule, split_sizes
@@ -228,9 +229,12 @@ def test_pack_bins_fit_and_cover():
         pack_bins([11], 10)
 
 
-def test_packed_examples_do_not_see_each_other(tiny_model_dir, data_dir, tokenizer):
-    """Logits of each example are the same packed with others as alone: attention stays inside an example."""
+@pytest.mark.parametrize("attn", ["sdpa", PACKED_SDPA])
+def test_packed_examples_do_not_see_each_other(tiny_model_dir, data_dir, tokenizer, attn):
+    """Logits of each example are the same packed with others as alone: attention stays inside an example, with
+    transformers' block-diagonal mask and with gpt4all-lab's per-example attention."""
     model = load_base(tiny_model_dir)
+    model.set_attn_implementation(attn)
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(10.0)  # larger activations: leaks would show
     dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=2, val_fraction=0.0,
@@ -245,6 +249,31 @@ def test_packed_examples_do_not_see_each_other(tiny_model_dir, data_dir, tokeniz
         for s, e in zip(starts, ends):
             alone = model(input_ids=batch["input_ids"][:1, s:e]).logits[0]
             torch.testing.assert_close(packed[s:e], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_attention_gives_the_masked_loss_and_gradients(tiny_model_dir, data_dir, tokenizer):
+    """LoRAModule switches to per-example attention; loss and LoRA gradients match the block-diagonal mask's."""
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=2, val_fraction=0.0,
+                        packing="pack", pack_length=256)
+    batch = next(iter(dm.train_dataloader()))
+    results = []
+    for packed in (True, False):
+        torch.manual_seed(0)
+        module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)
+        assert module.model.config._attn_implementation == PACKED_SDPA
+        if not packed:
+            module.model.set_attn_implementation("sdpa")
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)  # B starts at zero: give the adapter an effect (same seed both times)
+        loss = module.loss(batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in module.parameters() if p.requires_grad]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
 
 
 def test_packing_modes_cover_every_example_once(data_dir, tokenizer):

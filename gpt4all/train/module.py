@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from gpt4all.core.metrics import count_label_tokens
 from gpt4all.core.template import IGNORE_INDEX
+from gpt4all.train.attention import PACKED_SDPA, use_packed_attention
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class LoRAModule(L.LightningModule):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if use_packed_attention(model):
+            log.info("attention: %s (causal SDPA per packed example)", PACKED_SDPA)
         self.model = get_peft_model(model, lora_config(lora)) if self.use_lora else model
         self.model.train()  # from_pretrained gives eval mode and Lightning does not change it
         self.strict_loading = not self.use_lora  # LoRA checkpoints carry the adapter only
