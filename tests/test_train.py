@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from gpt4all.core.template import IGNORE_INDEX, encode_pair, render_prompt, resolve_template
 from gpt4all.train.attention import PACKED_SDPA
-from gpt4all.train.callbacks import Throughput
 from gpt4all.train.batching import Collator, ResumableSampler, pack_bins
+from gpt4all.train.callbacks import Throughput
 from gpt4all.train.data import ChatDataModule, split_sizes
 from gpt4all.train.module import CPUDropout, LoRAModule, lr_factor
 

@@ -12,6 +12,7 @@ the attention implementation to config.json).
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ def packed_spans(position_ids: torch.Tensor | None, q_len: int, kv_len: int) -> 
     spans = []
     for row in starts.tolist():
         cuts = [i for i, first in enumerate(row) if first] + [q_len]
-        spans.append(list(zip(cuts[:-1], cuts[1:])))
+        spans.append(list(pairwise(cuts)))
     return spans
 
 
