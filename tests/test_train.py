@@ -252,7 +252,8 @@ def test_packed_examples_do_not_see_each_other(tiny_model_dir, data_dir, tokeniz
 
 
 def test_packed_attention_gives_the_masked_loss_and_gradients(tiny_model_dir, data_dir, tokenizer):
-    """LoRAModule switches to per-example attention; loss and LoRA gradients match the block-diagonal mask's."""
+    """LoRAModule switches to per-example attention on CPU; loss and LoRA gradients match the block-diagonal
+    mask's."""
     dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=2, val_fraction=0.0,
                         packing="pack", pack_length=256)
     batch = next(iter(dm.train_dataloader()))
@@ -260,9 +261,11 @@ def test_packed_attention_gives_the_masked_loss_and_gradients(tiny_model_dir, da
     for packed in (True, False):
         torch.manual_seed(0)
         module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)
-        assert module.model.config._attn_implementation == PACKED_SDPA
-        if not packed:
-            module.model.set_attn_implementation("sdpa")
+        if packed:
+            module.on_fit_start()  # what the Trainer calls: on CPU it switches to per-example attention
+            assert module.model.config._attn_implementation == PACKED_SDPA
+        else:
+            assert module.model.config._attn_implementation == "sdpa"
         with torch.no_grad():
             for name, p in module.named_parameters():
                 if "lora_B" in name:

@@ -127,8 +127,6 @@ class LoRAModule(L.LightningModule):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if use_packed_attention(model):
-            log.info("attention: %s (causal SDPA per packed example)", PACKED_SDPA)
         self.model = get_peft_model(model, lora_config(lora)) if self.use_lora else model
         use_cpu_dropout(self.model)
         self.model.train()  # from_pretrained gives eval mode and Lightning does not change it
@@ -199,6 +197,12 @@ class LoRAModule(L.LightningModule):
             optimizer, lambda step: lr_factor(step, warmup, total, schedule)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def on_fit_start(self) -> None:
+        # on CPU, per-example attention beats SDPA with a block-diagonal mask (experiments/train_throughput);
+        # on GPUs transformers' masked SDPA / flash-attention handles packed rows in one kernel
+        if self.device.type == "cpu" and use_packed_attention(self.model):
+            log.info("attention: %s (causal SDPA per packed example)", PACKED_SDPA)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
