@@ -1,0 +1,109 @@
+"""A/B of gpt4all-lab's CPU training step: the shipped step against the same step without each CPU change.
+
+Variants (one LoRAModule each, same weights and packed batches, bf16 autocast as `gpt4all-bench train`):
+- shipped: per-example attention (`sdpa_packed`) and `CPUDropout`, as `LoRAModule` trains on CPU;
+- masked_attention: transformers' SDPA with the block-diagonal mask over the packed row instead;
+- torch_dropout: torch's `nn.Dropout` for the LoRA dropout instead of `CPUDropout`;
+- before: both reverted (the step before the changes).
+The variants run in turn on every batch (order alternating), so load from other processes hits them alike.
+Also times the dropout alone on one LoRA input. Prints a table, writes JSON.
+
+    python experiments/train_throughput/step_ab.py --out experiments/train_throughput/step_ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from gpt4all.bench.train import DEFAULT_DATA, LORA, load_pairs
+from gpt4all.core.config import CONF_DIR
+from gpt4all.core.models import load_model, load_tokenizer
+from gpt4all.core.template import encode_pair, resolve_template
+from gpt4all.train.batching import Collator, make_units
+from gpt4all.train.module import CPUDropout, LoRAModule
+
+VARIANTS = ("shipped", "masked_attention", "torch_dropout", "before")
+
+
+def build(variant: str, model_cfg, cache: str) -> tuple[LoRAModule, torch.optim.Optimizer]:
+    module = LoRAModule(load_model(model_cfg, cache, seed=0), OmegaConf.create(LORA), lr=3e-4)
+    module.on_fit_start()  # on CPU: per-example attention, as under the Trainer
+    if variant in ("masked_attention", "before"):
+        module.model.set_attn_implementation("sdpa")
+    if variant in ("torch_dropout", "before"):
+        for m in module.modules():
+            if isinstance(m, torch.nn.ModuleDict):
+                for key, drop in m.items():
+                    if isinstance(drop, CPUDropout):
+                        m[key] = torch.nn.Dropout(drop.p)
+    return module, torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=3e-4)
+
+
+def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict) -> float:
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = module.loss(batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return time.perf_counter() - start
+
+
+def time_dropout(p: float = 0.05, reps: int = 50) -> dict[str, float]:
+    x = torch.randn(1024, 576)
+    out = {}
+    for name, fn in (("torch F.dropout", lambda t: F.dropout(t, p, True)), ("CPUDropout", CPUDropout(p).train())):
+        fn(x)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn(x)
+        out[name] = (time.perf_counter() - start) / reps * 1000
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("outputs/bench/train_step_ab.json"))
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    model_cfg = OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml")
+    cache = OmegaConf.load(CONF_DIR / "paths" / "default.yaml").cache_dir
+    tok = load_tokenizer(model_cfg, cache)
+    template = resolve_template(model_cfg.template, tok)
+    enc = lambda t: tok.encode(t, add_special_tokens=False)
+    examples = [dict(zip(("input_ids", "labels"), encode_pair(enc, template, p, r, 512)))
+                for p, r in load_pairs(DEFAULT_DATA, 400)]
+    units = make_units(examples, "pack", 2, 512, 0)
+    collate = Collator(tok.pad_token_id, pack=True)
+    batches = [collate(units[i:i + 2]) for i in range(0, 2 * args.batches, 2)]
+    models = {v: build(v, model_cfg, cache) for v in VARIANTS}
+    total = dict.fromkeys(VARIANTS, 0.0)
+    for i, batch in enumerate(batches):
+        for v in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
+            dt = step(*models[v], batch)
+            total[v] += dt if i >= args.warmup else 0.0
+    n = len(batches) - args.warmup
+    rows = {v: total[v] / n for v in VARIANTS}
+    print(f"{'variant':18} {'s/step':>7} {'vs shipped':>10}")
+    for v, s in rows.items():
+        print(f"{v:18} {s:7.3f} {s / rows['shipped']:9.2f}x")
+    drop = time_dropout()
+    print("dropout on a 1024 x 576 input: " + ", ".join(f"{k} {ms:.2f} ms" for k, ms in drop.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"s_per_step": rows, "measured_steps": n, "dropout_ms": drop,
+                                    "threads": torch.get_num_threads()}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
