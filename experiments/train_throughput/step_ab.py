@@ -1,10 +1,15 @@
 """A/B of gpt4all-lab's CPU training step: the shipped step against the same step without each CPU change.
 
 Variants (one LoRAModule each, same weights and packed batches, bf16 autocast as `gpt4all-bench train`):
-- shipped: per-example attention (`sdpa_packed`) and `CPUDropout`, as `LoRAModule` trains on CPU;
+- shipped: per-example attention (`sdpa_packed`), `CPUDropout` and `FrozenCastLinear`, as `LoRAModule` trains
+  on CPU;
+- flash_attention: per-example attention through torch's CPU flash kernel in float32 (the fallback of
+  `sdpa_packed` for long examples) instead of its bf16 matmul path;
 - masked_attention: transformers' SDPA with the block-diagonal mask over the packed row instead;
 - torch_dropout: torch's `nn.Dropout` for the LoRA dropout instead of `CPUDropout`;
-- before: both reverted (the step before the changes).
+- cast_per_forward: plain `nn.Linear` (autocast casts each frozen weight at every forward) instead of
+  `FrozenCastLinear`;
+- before: masked attention, torch's dropout and plain `nn.Linear` (the step before the CPU changes).
 The variants run in turn on every batch (order alternating), so load from other processes hits them alike.
 Also times the dropout alone on one LoRA input. Prints a table, writes JSON.
 
@@ -27,10 +32,13 @@ from gpt4all.bench.train import DEFAULT_DATA, LORA, load_pairs
 from gpt4all.core.config import CONF_DIR
 from gpt4all.core.models import load_model, load_tokenizer
 from gpt4all.core.template import encode_pair, resolve_template
+from gpt4all.train import attention
+from gpt4all.train.attention import MATH_MAX_LENGTH
 from gpt4all.train.batching import Collator, make_units
-from gpt4all.train.module import CPUDropout, LoRAModule
+from gpt4all.train.cpu import CPUDropout, FrozenCastLinear
+from gpt4all.train.module import LoRAModule
 
-VARIANTS = ("shipped", "masked_attention", "torch_dropout", "before")
+VARIANTS = ("shipped", "flash_attention", "masked_attention", "torch_dropout", "cast_per_forward", "before")
 
 
 def build(variant: str, model_cfg, cache: str) -> tuple[LoRAModule, torch.optim.Optimizer]:
@@ -44,10 +52,15 @@ def build(variant: str, model_cfg, cache: str) -> tuple[LoRAModule, torch.optim.
                 for key, drop in m.items():
                     if isinstance(drop, CPUDropout):
                         m[key] = torch.nn.Dropout(drop.p)
+    if variant in ("cast_per_forward", "before"):
+        for m in module.modules():
+            if type(m) is FrozenCastLinear:
+                m.__class__ = torch.nn.Linear
     return module, torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=3e-4)
 
 
-def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict) -> float:
+def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict, variant: str) -> float:
+    attention.MATH_MAX_LENGTH = 0 if variant == "flash_attention" else MATH_MAX_LENGTH
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = module.loss(batch)
@@ -60,7 +73,9 @@ def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict) -> float:
 def time_dropout(p: float = 0.05, reps: int = 50) -> dict[str, float]:
     x = torch.randn(1024, 576)
     out = {}
-    for name, fn in (("torch F.dropout", lambda t: F.dropout(t, p, True)), ("CPUDropout", CPUDropout(p).train())):
+    rand_like = lambda t: t * ((torch.rand_like(t) >= p).to(t.dtype) * (1.0 / (1.0 - p)))  # the previous CPUDropout
+    for name, fn in (("torch F.dropout", lambda t: F.dropout(t, p, True)), ("rand_like mask", rand_like),
+                     ("CPUDropout", CPUDropout(p).train())):
         fn(x)
         start = time.perf_counter()
         for _ in range(reps):
@@ -73,6 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=Path("outputs/bench/train_step_ab.json"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -86,14 +102,15 @@ def main() -> None:
     units = make_units(examples, "pack", 2, 512, 0)
     collate = Collator(tok.pad_token_id, pack=True)
     batches = [collate(units[i:i + 2]) for i in range(0, 2 * args.batches, 2)]
-    models = {v: build(v, model_cfg, cache) for v in VARIANTS}
-    total = dict.fromkeys(VARIANTS, 0.0)
+    variants = [v for v in VARIANTS if v in args.variants]
+    models = {v: build(v, model_cfg, cache) for v in variants}
+    total = dict.fromkeys(variants, 0.0)
     for i, batch in enumerate(batches):
-        for v in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
-            dt = step(*models[v], batch)
+        for v in variants if i % 2 == 0 else variants[::-1]:
+            dt = step(*models[v], batch, v)
             total[v] += dt if i >= args.warmup else 0.0
     n = len(batches) - args.warmup
-    rows = {v: total[v] / n for v in VARIANTS}
+    rows = {v: total[v] / n for v in variants}
     print(f"{'variant':18} {'s/step':>7} {'vs shipped':>10}")
     for v, s in rows.items():
         print(f"{v:18} {s:7.3f} {s / rows['shipped']:9.2f}x")

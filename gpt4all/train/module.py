@@ -10,7 +10,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
@@ -18,6 +17,8 @@ from transformers import PreTrainedModel
 from gpt4all.core.metrics import count_label_tokens
 from gpt4all.core.template import IGNORE_INDEX
 from gpt4all.train.attention import PACKED_SDPA, use_packed_attention
+from gpt4all.train.cpu import use_cpu_dropout, use_frozen_cast_linear
+from gpt4all.train.loss import linear_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def _split_head(model: torch.nn.Module) -> tuple[Any, Any] | None:
-    """(decoder, lm_head) of a plain causal LM whose logits are `lm_head(last hidden state)`, else None."""
+    """(decoder, lm_head) of a plain causal LM whose logits are `lm_head(last hidden state)` (a Linear without
+    bias), else None."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     cfg = getattr(base, "config", None)
     if any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale")):
@@ -64,31 +66,8 @@ def _split_head(model: torch.nn.Module) -> tuple[Any, Any] | None:
         decoder, head = base.get_decoder(), base.get_output_embeddings()
     except (AttributeError, NotImplementedError):
         return None
-    return (decoder, head) if decoder is not None and isinstance(head, torch.nn.Linear) else None
-
-
-class CPUDropout(torch.nn.Dropout):
-    """nn.Dropout whose CPU mask comes from `rand_like`, about 2x faster than torch's CPU `bernoulli_` (LoRA
-    dropout runs on the input of every adapted layer); the same distribution. Elsewhere it is nn.Dropout."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or x.device.type != "cpu" or not 0 < self.p < 1 or self.inplace:
-            return super().forward(x)
-        return x * ((torch.rand_like(x) >= self.p).to(x.dtype) * (1.0 / (1.0 - self.p)))
-
-
-def use_cpu_dropout(model: torch.nn.Module) -> int:
-    """Swap the nn.Dropout modules of PEFT's `lora_dropout` dicts for CPUDropout; returns how many."""
-    swapped = 0
-    for module in model.modules():
-        drops = getattr(module, "lora_dropout", None)
-        if not isinstance(drops, torch.nn.ModuleDict):
-            continue
-        for key, drop in drops.items():
-            if type(drop) is torch.nn.Dropout:
-                drops[key] = CPUDropout(drop.p)
-                swapped += 1
-    return swapped
+    ok = decoder is not None and isinstance(head, torch.nn.Linear) and head.bias is None
+    return (decoder, head) if ok else None
 
 
 class LoRAModule(L.LightningModule):
@@ -163,8 +142,7 @@ class LoRAModule(L.LightningModule):
         keep = targets != IGNORE_INDEX
         if not keep.any():
             return hidden.sum() * 0.0
-        logits = head(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep])
+        return linear_cross_entropy(hidden[:, :-1][keep], head.weight, targets[keep])
 
     # -- training ----------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -201,8 +179,12 @@ class LoRAModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # on CPU, per-example attention beats SDPA with a block-diagonal mask (experiments/train_throughput);
         # on GPUs transformers' masked SDPA / flash-attention handles packed rows in one kernel
-        if self.device.type == "cpu" and use_packed_attention(self.model):
-            log.info("attention: %s (causal SDPA per packed example)", PACKED_SDPA)
+        if self.device.type != "cpu":
+            return
+        if use_packed_attention(self.model):
+            log.info("attention: %s (causal attention per packed example)", PACKED_SDPA)
+        # frozen weights cast once for bf16 autocast instead of at every forward (gpt4all/train/cpu.py)
+        use_frozen_cast_linear(self.model)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
