@@ -16,8 +16,8 @@ from gpt4all.train import attention
 from gpt4all.train.attention import PACKED_SDPA
 from gpt4all.train.batching import Collator, ResumableSampler, pack_bins
 from gpt4all.train.callbacks import Throughput
+from gpt4all.train.cpu import CPUDropout
 from gpt4all.train.data import ChatDataModule, split_sizes
-from gpt4all.train.cpu import CPUDropout, FrozenCastLinear, cast_frozen
 from gpt4all.train.loss import linear_cross_entropy
 from gpt4all.train.module import LoRAModule, lr_factor
 
@@ -314,24 +314,6 @@ def test_linear_cross_entropy_matches_autograd(autocast):
             torch.testing.assert_close(a, b, atol=1e-3, rtol=2e-2)
         else:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-
-
-def test_frozen_cast_linear_casts_once_and_follows_the_weight():
-    torch.manual_seed(0)
-    plain = torch.nn.Linear(16, 8, bias=False).requires_grad_(False)
-    cached = torch.nn.Linear(16, 8, bias=False).requires_grad_(False)
-    cached.load_state_dict(plain.state_dict())
-    cached.__class__ = FrozenCastLinear
-    x = torch.randn(4, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(cached(x), plain(x), atol=0, rtol=0)  # the same bf16 matmul
-        assert cast_frozen(cached.weight, torch.bfloat16) is cast_frozen(cached.weight, torch.bfloat16)
-        with torch.no_grad():
-            cached.weight.mul_(2.0)
-            plain.weight.mul_(2.0)
-        torch.testing.assert_close(cached(x), plain(x), atol=0, rtol=0)  # an in-place change is seen
-    torch.testing.assert_close(cached(x), plain(x))  # float32 outside autocast
-    assert set(cached.state_dict()) == {"weight"}
 
 
 def test_cpu_dropout_replaces_lora_dropout_with_the_same_distribution(tiny_model_dir):

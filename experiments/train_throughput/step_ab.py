@@ -1,15 +1,15 @@
 """A/B of gpt4all-lab's CPU training step: the shipped step against the same step without each CPU change.
 
 Variants (one LoRAModule each, same weights and packed batches, bf16 autocast as `gpt4all-bench train`):
-- shipped: per-example attention (`sdpa_packed`), `CPUDropout` and `FrozenCastLinear`, as `LoRAModule` trains
-  on CPU;
+- shipped: per-example attention (`sdpa_packed`), `CPUDropout` and the chunked `linear_cross_entropy`, as
+  `LoRAModule` trains on CPU;
 - flash_attention: per-example attention through torch's CPU flash kernel in float32 (the fallback of
   `sdpa_packed` for long examples) instead of its bf16 matmul path;
 - masked_attention: transformers' SDPA with the block-diagonal mask over the packed row instead;
 - torch_dropout: torch's `nn.Dropout` for the LoRA dropout instead of `CPUDropout`;
-- cast_per_forward: plain `nn.Linear` (autocast casts each frozen weight at every forward) instead of
-  `FrozenCastLinear`;
-- before: masked attention, torch's dropout and plain `nn.Linear` (the step before the CPU changes).
+- full_logits: the vocabulary projection and cross-entropy over all response tokens at once (autograd) instead
+  of `linear_cross_entropy`'s row chunks;
+- before: all of the above reverted (the step before the CPU changes).
 The variants run in turn on every batch (order alternating), so load from other processes hits them alike.
 Also times the dropout alone on one LoRA input. Prints a table, writes JSON.
 
@@ -33,12 +33,14 @@ from gpt4all.core.config import CONF_DIR
 from gpt4all.core.models import load_model, load_tokenizer
 from gpt4all.core.template import encode_pair, resolve_template
 from gpt4all.train import attention
+from gpt4all.train import module as lora_module
 from gpt4all.train.attention import MATH_MAX_LENGTH
 from gpt4all.train.batching import Collator, make_units
-from gpt4all.train.cpu import CPUDropout, FrozenCastLinear
+from gpt4all.train.cpu import CPUDropout
+from gpt4all.train.loss import linear_cross_entropy
 from gpt4all.train.module import LoRAModule
 
-VARIANTS = ("shipped", "flash_attention", "masked_attention", "torch_dropout", "cast_per_forward", "before")
+VARIANTS = ("shipped", "flash_attention", "masked_attention", "torch_dropout", "full_logits", "before")
 
 
 def build(variant: str, model_cfg, cache: str) -> tuple[LoRAModule, torch.optim.Optimizer]:
@@ -52,15 +54,16 @@ def build(variant: str, model_cfg, cache: str) -> tuple[LoRAModule, torch.optim.
                 for key, drop in m.items():
                     if isinstance(drop, CPUDropout):
                         m[key] = torch.nn.Dropout(drop.p)
-    if variant in ("cast_per_forward", "before"):
-        for m in module.modules():
-            if type(m) is FrozenCastLinear:
-                m.__class__ = torch.nn.Linear
     return module, torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=3e-4)
+
+
+def full_logits(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets)
 
 
 def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict, variant: str) -> float:
     attention.MATH_MAX_LENGTH = 0 if variant == "flash_attention" else MATH_MAX_LENGTH
+    lora_module.linear_cross_entropy = full_logits if variant in ("full_logits", "before") else linear_cross_entropy
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = module.loss(batch)

@@ -3,9 +3,10 @@
 Same data, model (SmolLM2-135M), LoRA (r 8, alpha 16, dropout 0.05 on q_proj, v_proj), precision and machine,
 in one process. The baseline pads each batch to its longest example (DataCollatorForSeq2Seq, multiple of 8, no
 packing) and computes logits at every position; gpt4all-lab packs examples into rows of max_length tokens and
-projects to the vocabulary only at response positions. Prints s/step, tokens/s (real tokens processed, prompt
-and response), useful tokens/s (response tokens, which carry the loss) and the share of the CPU ceiling
-(FACTS.md), and writes JSON (--out).
+projects to the vocabulary only at response positions. By default each trainer runs one epoch over the same
+examples. Prints s/step, tokens/s (real tokens processed, prompt and response), useful tokens/s (response
+tokens, which carry the loss) and the share of the CPU ceiling (FACTS.md's, and this machine's matmul rate
+measured in the same run), and writes JSON (--out).
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.05, "target_modules":
 # LoRA costs about 4 x params FLOPs per token (0.54 GFLOP for 135M); bf16 matmuls reach about 2.7 TFLOPS and fp32
 # about 375 GFLOPS on the reference 2-core machine (FACTS.md): the ceilings below, in tokens/s.
 CEILING = {"bf16": 2.7e12 / 0.54e9, "fp32": 375e9 / 0.54e9}
+FLOPS_PER_TOKEN = 0.54e9
+
+
+def measured_matmul_flops(precision: str, seconds: float = 1.0) -> float:
+    """FLOP/s of one SmolLM2-shaped matmul (2048 x 576 x 1536) on this machine, now: the ceiling that eager
+    PyTorch can reach here (FACTS.md's bf16 figure assumes AMX; CPUs with AVX512-BF16 only reach about a third)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x, w = torch.randn(2048, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
+    for _ in range(3):
+        torch.nn.functional.linear(x, w)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.nn.functional.linear(x, w)
+        n += 1
+    return n * 2 * 2048 * 576 * 1536 / (time.perf_counter() - start)
 
 
 def load_pairs(path: Path, n: int) -> list[tuple[str, str]]:
@@ -46,7 +62,8 @@ def summarize(name: str, times: list[float], tokens: list[int], useful: list[int
     steps = len(times) - warm
     return {"name": name, "steps": steps, "s_per_step": t / max(1, steps), "tokens_per_s": tokens_per_second(tok, t),
             "useful_tokens_per_s": tokens_per_second(use, t), "pad_fraction": 1 - tok / max(1, sl),
-            "ceiling_fraction": tokens_per_second(tok, t) / CEILING[precision]}
+            "ceiling_fraction": tokens_per_second(tok, t) / CEILING[precision],
+            "measured_ceiling_fraction": tokens_per_second(tok, t) * FLOPS_PER_TOKEN / measured_matmul_flops(precision)}
 
 
 def run_baseline(model_cfg, cache: str, pairs, template, args) -> dict[str, Any]:
@@ -80,7 +97,8 @@ def run_baseline(model_cfg, cache: str, pairs, template, args) -> dict[str, Any]
         task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         target_modules=LORA["target_modules"], bias="none"))
     targs = TrainingArguments(
-        output_dir=str(Path(args.tmp) / "hf"), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+        output_dir=str(Path(args.tmp) / "hf"), per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps or -1, num_train_epochs=1,
         learning_rate=3e-4, warmup_steps=2, bf16=args.precision == "bf16", use_cpu=True, logging_steps=10**6,
         report_to=[], save_strategy="no", dataloader_num_workers=0, seed=0,
         disable_tqdm=True, remove_unused_columns=False,
@@ -119,7 +137,7 @@ def run_lab(model_cfg, cache: str, pairs, template, args) -> dict[str, Any]:
                               count_label_tokens(batch["labels"]), batch["input_ids"].numel()))
 
     rec = Record()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps, precision="bf16-mixed" if args.precision
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps or -1, max_epochs=1, precision="bf16-mixed" if args.precision
                         == "bf16" else "32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Throughput(), rec], gradient_clip_val=1.0,
                         use_distributed_sampler=False)
@@ -134,7 +152,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="gpt4all-bench train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL with prompt, response")
     ap.add_argument("--examples", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=24, help="optimizer steps per trainer")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="optimizer steps per trainer; 0: one epoch over --examples (both trainers see the same data)")
     ap.add_argument("--warmup", type=int, default=3, help="steps left out of the averages")
     ap.add_argument("--batch-size", type=int, default=4, help="baseline examples per step")
     ap.add_argument("--lab-batch-size", type=int, default=2, help="gpt4all-lab rows per step (packed rows)")
@@ -158,10 +177,14 @@ def main(argv: list[str]) -> int:
     base, lab = results
     ratios = {"useful_tokens_per_s": lab["useful_tokens_per_s"] / base["useful_tokens_per_s"],
               "tokens_per_s": lab["tokens_per_s"] / base["tokens_per_s"]}
-    print(f"{'trainer':34} {'s/step':>7} {'tokens/s':>9} {'useful/s':>9} {'pad %':>6} {'ceiling %':>9}")
+    print(f"{'trainer':34} {'s/step':>7} {'tokens/s':>9} {'useful/s':>9} {'pad %':>6} {'ceiling %':>9} "
+          f"{'of matmul %':>11}")
     for r in results:
         print(f"{r['name']:34} {r['s_per_step']:7.2f} {r['tokens_per_s']:9.1f} {r['useful_tokens_per_s']:9.1f} "
-              f"{100 * r['pad_fraction']:6.1f} {100 * r['ceiling_fraction']:9.1f}")
+              f"{100 * r['pad_fraction']:6.1f} {100 * r['ceiling_fraction']:9.1f} "
+              f"{100 * r['measured_ceiling_fraction']:11.1f}")
+    print("ceiling %: of FACTS.md's ceiling; of matmul %: of this machine's SmolLM2-shaped matmul, measured "
+          "after each trainer (4 x params FLOPs per token)")
     print(f"gpt4all-lab / baseline: useful tokens/s x{ratios['useful_tokens_per_s']:.2f} (goal >= 2), "
           f"tokens/s x{ratios['tokens_per_s']:.2f} (goal >= 0.95)")
     write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items() if k != "tmp"}, "results": results,

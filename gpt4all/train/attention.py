@@ -53,14 +53,34 @@ def future_mask(length: int, device: torch.device) -> torch.Tensor:
     return _future_mask[:length, :length]
 
 
+class _GroupedCausalAttention(torch.autograd.Function):
+    """softmax(q k^T + causal mask) v with q (kv_heads, groups * L, dim) and k, v (kv_heads, L, dim). The backward
+    is autograd's (the same softmax-backward kernel) from the saved probabilities, minus the mask's own backward:
+    masked probabilities are 0, so the softmax backward already gives their scores no gradient."""
+
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        kv_heads, length = key.shape[:2]
+        scores = torch.bmm(query, key.transpose(1, 2))
+        scores.view(kv_heads, -1, length, length).masked_fill_(future_mask(length, key.device), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        ctx.save_for_backward(query, key, value, probs)
+        return torch.bmm(probs, value)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        query, key, value, probs = ctx.saved_tensors
+        grad_value = torch.bmm(probs.transpose(1, 2), grad_out)
+        grad_scores = torch._softmax_backward_data(torch.bmm(grad_out, value.transpose(1, 2)), probs, -1, probs.dtype)
+        return torch.bmm(grad_scores, key), torch.bmm(grad_scores.transpose(1, 2), query), grad_value
+
+
 def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Causal attention of one example: query (heads, L, dim), already scaled; key and value (kv_heads, L, dim);
-    one dtype. Returns (L, heads, dim)."""
+    one dtype. The query heads that share a key/value head (heads kv*groups ... kv*groups+groups-1, as
+    transformers' repeat_kv) go into one matmul. Returns (L, heads, dim)."""
     kv_heads, length, dim = key.shape
-    groups = query.shape[0] // kv_heads  # query heads kv*groups ... kv*groups+groups-1 share kv head kv
-    scores = torch.bmm(query.reshape(kv_heads, groups * length, dim), key.transpose(1, 2))
-    scores = scores.view(kv_heads, groups, length, length).masked_fill_(future_mask(length, key.device), float("-inf"))
-    out = torch.bmm(scores.softmax(-1).view(kv_heads, groups * length, length), value)
+    out = _GroupedCausalAttention.apply(query.reshape(kv_heads, -1, dim), key, value)
     return out.view(-1, length, dim).transpose(0, 1)
 
 

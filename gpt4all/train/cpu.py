@@ -1,13 +1,10 @@
-"""CPU-only speedups of the LoRA training step that keep its math: cheaper dropout masks and frozen weights
-cast once for bf16 autocast. Each one is measured beside the step without it in
-experiments/train_throughput/step_ab.py. On other devices both modules behave as their torch parents.
+"""Cheaper LoRA dropout masks on a CPU (measured beside torch's in experiments/train_throughput/step_ab.py); on
+other devices the module is torch's nn.Dropout.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 DROPOUT_BITS = 15  # random bits per dropout decision: p is rounded to a multiple of 2**-15
 
@@ -39,41 +36,4 @@ def use_cpu_dropout(model: torch.nn.Module) -> int:
             if type(drop) is torch.nn.Dropout:
                 drops[key] = CPUDropout(drop.p)
                 swapped += 1
-    return swapped
-
-
-_casts = WeakIdKeyDictionary()  # frozen weight -> (its _version, dtype, cast)
-
-
-def cast_frozen(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`weight` in `dtype`. A frozen CPU weight is cast once and the cast reused while the weight is unchanged
-    (kept outside any module, keyed on the weight: 2 bytes per frozen weight in bf16); else cast every call."""
-    if weight.dtype == dtype:
-        return weight
-    if weight.requires_grad or weight.device.type != "cpu":
-        return weight.to(dtype)
-    cached = _casts.get(weight)
-    if cached is None or cached[0] != weight._version or cached[1] != dtype:
-        cached = _casts[weight] = (weight._version, dtype, weight.detach().to(dtype))
-    return cached[2]
-
-
-class FrozenCastLinear(torch.nn.Linear):
-    """nn.Linear that, under CPU autocast with a frozen weight, casts the weight once (`cast_frozen`) instead of
-    at every forward as autocast does (the whole base model per step). The same matmul in the same dtype; state
-    dicts, copies and saved models are those of nn.Linear."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.requires_grad or x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-            return super().forward(x)
-        return F.linear(x, cast_frozen(self.weight, torch.get_autocast_dtype("cpu")), self.bias)
-
-
-def use_frozen_cast_linear(model: torch.nn.Module) -> int:
-    """Turn every plain nn.Linear of `model` into a FrozenCastLinear (same parameters); returns how many."""
-    swapped = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = FrozenCastLinear
-            swapped += 1
     return swapped

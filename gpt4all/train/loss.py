@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from gpt4all.train.cpu import cast_frozen
-
 CHUNK_ROWS = 128  # 128 x 49k float32 logits = 25 MB: the allocator reuses it from chunk to chunk
 
 
@@ -57,6 +55,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     Matmuls run in the autocast dtype when autocast is on, else in the weight's dtype."""
     device = weight.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    cast_weight = cast_frozen(weight, dtype).detach()
+    cast_weight = weight.detach().to(dtype)  # once, not per chunk
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, cast_weight, targets, chunk_rows)

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
@@ -17,7 +18,7 @@ from transformers import PreTrainedModel
 from gpt4all.core.metrics import count_label_tokens
 from gpt4all.core.template import IGNORE_INDEX
 from gpt4all.train.attention import PACKED_SDPA, use_packed_attention
-from gpt4all.train.cpu import use_cpu_dropout, use_frozen_cast_linear
+from gpt4all.train.cpu import use_cpu_dropout
 from gpt4all.train.loss import linear_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ class LoRAModule(L.LightningModule):
 
     The loss is the mean cross-entropy over response tokens (labels not IGNORE_INDEX). The vocabulary projection
     runs only on those positions: the prompt and padding never pay for the widest matmul of a small model and its
-    softmax (the same loss as `model(labels=...)`, which the fallback uses for models with logit scaling).
+    softmax (the same loss as `model(labels=...)`, which the fallback uses for models with logit scaling); on a
+    CPU it runs in row chunks (`linear_cross_entropy`), and training on a CPU (`on_fit_start`) switches to
+    per-example attention over packed rows (gpt4all/train/attention.py).
     Logs per step: `train/loss`, `train/tokens` (loss tokens in the batch), `train/tokens_seen` (running total,
     kept across resumes) and `lr`; per validation: `val/loss`. Checkpoints hold only the trainable weights.
     """
@@ -142,7 +145,11 @@ class LoRAModule(L.LightningModule):
         keep = targets != IGNORE_INDEX
         if not keep.any():
             return hidden.sum() * 0.0
-        return linear_cross_entropy(hidden[:, :-1][keep], head.weight, targets[keep])
+        hidden, targets = hidden[:, :-1][keep], targets[keep]
+        if hidden.device.type == "cpu":  # in row chunks: no [tokens, vocab] tensors to allocate (train/loss.py)
+            return linear_cross_entropy(hidden, head.weight, targets)
+        # accelerators: through the head module, whose hooks sharding strategies (ZeRO-3, FSDP) rely on
+        return F.cross_entropy(head(hidden).float(), targets)
 
     # -- training ----------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -179,12 +186,8 @@ class LoRAModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # on CPU, per-example attention beats SDPA with a block-diagonal mask (experiments/train_throughput);
         # on GPUs transformers' masked SDPA / flash-attention handles packed rows in one kernel
-        if self.device.type != "cpu":
-            return
-        if use_packed_attention(self.model):
+        if self.device.type == "cpu" and use_packed_attention(self.model):
             log.info("attention: %s (causal attention per packed example)", PACKED_SDPA)
-        # frozen weights cast once for bf16 autocast instead of at every forward (gpt4all/train/cpu.py)
-        use_frozen_cast_linear(self.model)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
