@@ -18,7 +18,7 @@ from gpt4all.train.batching import Collator, ResumableSampler, pack_bins
 from gpt4all.train.callbacks import Throughput
 from gpt4all.train.cpu import CPUDropout
 from gpt4all.train.data import ChatDataModule, split_sizes
-from gpt4all.train.loss import linear_cross_entropy
+from gpt4all.train.loss import cast_weight, linear_cross_entropy
 from gpt4all.train.module import LoRAModule, lr_factor
 
 TEMPLATE = OmegaConf.create(
@@ -314,6 +314,17 @@ def test_linear_cross_entropy_matches_autograd(autocast):
             torch.testing.assert_close(a, b, atol=1e-3, rtol=2e-2)
         else:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_cast_weight_reuses_a_frozen_cast_until_the_weight_changes():
+    frozen = torch.randn(50, 16)
+    first = cast_weight(frozen, torch.bfloat16)
+    assert first is cast_weight(frozen, torch.bfloat16)  # cast once
+    torch.testing.assert_close(first, frozen.to(torch.bfloat16), atol=0, rtol=0)
+    frozen.mul_(2.0)  # an in-place change (a merge, an optimizer step on a full finetune) is seen
+    torch.testing.assert_close(cast_weight(frozen, torch.bfloat16), frozen.to(torch.bfloat16), atol=0, rtol=0)
+    trained = torch.randn(50, 16, requires_grad=True)
+    assert cast_weight(trained, torch.bfloat16) is not cast_weight(trained, torch.bfloat16)  # never cached
 
 
 def test_cpu_dropout_replaces_lora_dropout_with_the_same_distribution(tiny_model_dir):
