@@ -308,6 +308,8 @@ def test_linear_cross_entropy_matches_autograd(autocast):
                 loss = torch.nn.functional.cross_entropy((h @ w.T).float(), targets)
         (2.0 * loss).backward()
         results.append((loss.detach(), h.grad, w.grad))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # validation: the loss only
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, chunk_rows=7), results[0][0])
     for a, b in zip(*results):
         assert a.dtype == b.dtype
         if autocast:  # the logits' gradient is rounded to bf16 before or after the 1/n: within bf16 rounding

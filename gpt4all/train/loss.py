@@ -42,7 +42,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.weight_dtype = weight.dtype
         n = targets.numel()
         dtype = cast_weight.dtype
-        grad_hidden = torch.empty_like(hidden)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # three [chunk, vocab] buffers for all chunks: fresh 25 MB tensors per chunk are page-faulted every time
@@ -58,11 +58,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             wide = logits if wide_buf is logits_buf else wide_buf[:rows].copy_(logits)
             logprobs = torch.log_softmax(wide, dim=-1, out=logprobs_buf[:rows])
             total -= logprobs.gather(1, t[:, None]).sum()
+            if grad_hidden is None and grad_weight is None:  # validation, no_grad: the loss only
+                continue
             # d(loss)/d logits = softmax - onehot (float32), in the matmul dtype; the 1/n of the mean comes after
             probs = logprobs.exp_()
             probs[torch.arange(rows, device=t.device), t] -= 1.0
             grad_logits = logits_buf[:rows].copy_(probs)
-            grad_hidden[start:start + rows] = (grad_logits @ cast_weight).mul_(1.0 / n)
+            if grad_hidden is not None:
+                grad_hidden[start:start + rows] = (grad_logits @ cast_weight).mul_(1.0 / n)
             if grad_weight is not None:
                 grad_weight += (grad_logits.T @ h).float().mul_(1.0 / n)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -71,8 +74,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = None if grad_hidden is None else grad_hidden * grad_out
         grad_weight = None if grad_weight is None else (grad_weight * grad_out).to(ctx.weight_dtype)
-        return grad_hidden * grad_out, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
