@@ -11,7 +11,10 @@ Variants (one LoRAModule each, same weights and packed batches, bf16 autocast as
   of `linear_cross_entropy`'s row chunks;
 - before: all of the above reverted (the step before the CPU changes).
 The variants run in turn on every batch (order alternating), so load from other processes hits them alike.
-Also times the dropout alone on one LoRA input. Prints a table, writes JSON.
+Also counts the page faults of each variant's steps, and times three parts alone (forward + backward, bf16
+autocast): the attention of one layer on the first packed batch (bf16 matmuls vs the flash kernel per example),
+the loss of 730 response tokens (chunked vs full logits), and the dropout on one LoRA input. Prints tables,
+writes JSON.
 
     python experiments/train_throughput/step_ab.py --out experiments/train_throughput/step_ab.json
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 import warnings
 from pathlib import Path
@@ -61,16 +65,60 @@ def full_logits(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(F.linear(hidden, weight).float(), targets)
 
 
-def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict, variant: str) -> float:
+def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict, variant: str) -> tuple[float, int]:
+    """Seconds and minor page faults of one training step."""
     attention.MATH_MAX_LENGTH = 0 if variant == "flash_attention" else MATH_MAX_LENGTH
     lora_module.linear_cross_entropy = full_logits if variant in ("full_logits", "before") else linear_cross_entropy
-    start = time.perf_counter()
+    faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = module.loss(batch)
     loss.backward()
     opt.step()
     opt.zero_grad()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+def time_fwd_bwd(fn, make_inputs, reps: int = 10) -> float:
+    """Mean ms of fn(*inputs).sum().backward() under bf16 autocast, after one untimed call."""
+    total = 0.0
+    for i in range(reps + 1):
+        inputs = make_inputs()
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(*inputs)
+        out.float().sum().backward()
+        total += (time.perf_counter() - start) if i else 0.0
+    return total / reps * 1000
+
+
+def time_attention(layer: torch.nn.Module, position_ids: torch.Tensor) -> dict[str, float]:
+    """One layer's attention on a packed batch, SmolLM2's shapes; q and k in float32 and v in bf16, as they
+    come out of the rotary embedding and v_proj under autocast."""
+    cfg = layer.config
+    rows, length = position_ids.shape
+    heads, kv_heads, dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def inputs():
+        return (torch.randn(rows, heads, length, dim, requires_grad=True),
+                torch.randn(rows, kv_heads, length, dim, requires_grad=True),
+                torch.randn(rows, kv_heads, length, dim, dtype=torch.bfloat16, requires_grad=True))
+
+    out = {}
+    for name, limit in (("flash kernel per example (float32)", 0), ("bf16 matmuls per example", MATH_MAX_LENGTH)):
+        attention.MATH_MAX_LENGTH = limit
+        out[name] = time_fwd_bwd(lambda q, k, v: attention.packed_sdpa_attention(
+            layer, q, k, v, None, position_ids=position_ids, scaling=layer.scaling)[0], inputs)
+    attention.MATH_MAX_LENGTH = MATH_MAX_LENGTH
+    return out
+
+
+def time_loss(weight: torch.Tensor, tokens: int = 730) -> dict[str, float]:
+    targets = torch.randint(0, weight.shape[0], (tokens,))
+    def inputs():
+        return (torch.randn(tokens, weight.shape[1], requires_grad=True),)
+
+    return {name: time_fwd_bwd(lambda h, fn=fn: fn(h, weight, targets), inputs)
+            for name, fn in (("full logits", full_logits), ("chunked", linear_cross_entropy))}
 
 
 def time_dropout(p: float = 0.05, reps: int = 50) -> dict[str, float]:
@@ -107,21 +155,29 @@ def main() -> None:
     batches = [collate(units[i:i + 2]) for i in range(0, 2 * args.batches, 2)]
     variants = [v for v in VARIANTS if v in args.variants]
     models = {v: build(v, model_cfg, cache) for v in variants}
-    total = dict.fromkeys(variants, 0.0)
+    total, faults = dict.fromkeys(variants, 0.0), dict.fromkeys(variants, 0)
     for i, batch in enumerate(batches):
         for v in variants if i % 2 == 0 else variants[::-1]:
-            dt = step(*models[v], batch, v)
-            total[v] += dt if i >= args.warmup else 0.0
+            dt, df = step(*models[v], batch, v)
+            if i >= args.warmup:
+                total[v] += dt
+                faults[v] += df
     n = len(batches) - args.warmup
     rows = {v: total[v] / n for v in variants}
-    print(f"{'variant':18} {'s/step':>7} {'vs shipped':>10}")
+    faults = {v: faults[v] // n for v in variants}
+    print(f"{'variant':18} {'s/step':>7} {'vs shipped':>10} {'page faults/step':>17}")
     for v, s in rows.items():
-        print(f"{v:18} {s:7.3f} {s / rows['shipped']:9.2f}x")
-    drop = time_dropout()
-    print("dropout on a 1024 x 576 input: " + ", ".join(f"{k} {ms:.2f} ms" for k, ms in drop.items()))
+        print(f"{v:18} {s:7.3f} {s / rows['shipped']:9.2f}x {faults[v]:17d}")
+    shipped = models["shipped"][0].model
+    alone = {"attention_one_layer_ms": time_attention(shipped.base_model.model.model.layers[0].self_attn,
+                                                      batches[0]["position_ids"]),
+             "loss_730_tokens_ms": time_loss(shipped.get_output_embeddings().weight),
+             "dropout_1024x576_ms": time_dropout()}
+    for part, times in alone.items():
+        print(f"{part}: " + ", ".join(f"{k} {ms:.2f}" for k, ms in times.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"s_per_step": rows, "measured_steps": n, "dropout_ms": drop,
-                                    "threads": torch.get_num_threads()}, indent=2))
+    args.out.write_text(json.dumps({"s_per_step": rows, "page_faults_per_step": faults, "measured_steps": n,
+                                    **alone, "threads": torch.get_num_threads()}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -137,10 +137,10 @@ def run_lab(model_cfg, cache: str, pairs, template, args) -> dict[str, Any]:
                               count_label_tokens(batch["labels"]), batch["input_ids"].numel()))
 
     rec = Record()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps or -1, max_epochs=1, precision="bf16-mixed" if args.precision
-                        == "bf16" else "32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[Throughput(), rec], gradient_clip_val=1.0,
-                        use_distributed_sampler=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps or -1, max_epochs=1,
+                        precision="bf16-mixed" if args.precision == "bf16" else "32-true", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Throughput(), rec], gradient_clip_val=1.0, use_distributed_sampler=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, datamodule=dm)

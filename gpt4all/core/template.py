@@ -20,6 +20,13 @@ def render_prompt(template: Any, prompt: str) -> str:
 TRUNCATIONS = ("prompt_left", "gpt4all_2023")
 
 
+def check_truncation(truncation: str) -> str:
+    """`truncation` if it names a rule of `encode_pair`, else a ValueError naming train.truncation."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"train.truncation must be one of {', '.join(TRUNCATIONS)}; got {truncation!r}")
+    return truncation
+
+
 def encode_pair(
     encode: Callable[[str], Sequence[int]],
     template: Any,
@@ -40,8 +47,7 @@ def encode_pair(
       cut to its first min(max_length // 2, len(prompt) // 2) characters; then prompt + response is cut at
       max_length from the right (the response's end, eos included, may be lost).
     """
-    if truncation not in TRUNCATIONS:
-        raise ValueError(f"train.truncation must be one of {', '.join(TRUNCATIONS)}; got {truncation!r}")
+    check_truncation(truncation)
     prompt_ids = list(encode(render_prompt(template, prompt)))
     text = response + (_field(template, "response_suffix") if add_suffix else "")
     if truncation == "gpt4all_2023":

@@ -6,11 +6,11 @@ the masked kernel is slow. `packed_sdpa_attention` attends within each example's
 (no token sees another example), sum(example_length^2) work. On a CPU it computes each example as two batched
 matmuls around a softmax in the dtype of the values (bfloat16 under bf16 autocast, as GPU attention kernels
 compute in bf16-mixed training; float32 in 32-bit training). The query heads that share a key/value head go
-into one matmul, so grouped-query attention copies no keys. That is about 2x faster than torch's CPU flash
-kernel per example, whose backward dominated the attention time (measured in
-experiments/train_throughput/step_ab.py). Examples longer than `MATH_MAX_LENGTH` tokens, attention dropout and
-the features the matmul path does not implement go to the flash kernel per example, in float32. Batches that are
-not packed (padded rows, generation with a cache) go to transformers' SDPA with its mask, unchanged. The saved
+into one matmul, so grouped-query attention copies no keys. One layer's attention on a packed SmolLM2 batch
+(forward + backward) takes 9.5 ms instead of 23.4 ms with torch's CPU flash kernel per example, whose backward
+dominated (experiments/train_throughput/step_ab.py). Examples longer than `MATH_MAX_LENGTH` tokens, attention
+dropout and the features the matmul path does not implement go to the flash kernel per example, in float32.
+Batches that are not packed (padded rows, generation with a cache) go to transformers' SDPA with its mask, unchanged. The saved
 config is not affected (transformers does not write the attention implementation to config.json).
 """
 

@@ -13,7 +13,7 @@ import lightning as L
 from datasets import Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
-from gpt4all.core.template import TRUNCATIONS, encode_pair
+from gpt4all.core.template import check_truncation, encode_pair
 from gpt4all.train.batching import Collator, ResumableSampler, make_units, resume_progress
 from gpt4all.train.guard import check_no_eval_leak
 
@@ -83,9 +83,7 @@ class ChatDataModule(L.LightningDataModule):
         if self.pack_length < self.max_length and packing == "pack":
             raise ValueError(f"train.pack_length ({self.pack_length}) must be at least model.max_length ({max_length})")
         self.eval_guard, self.eval_guard_path = eval_guard, eval_guard_path
-        if truncation not in TRUNCATIONS:
-            raise ValueError(f"train.truncation must be one of {', '.join(TRUNCATIONS)}; got {truncation!r}")
-        self.truncation = truncation
+        self.truncation = check_truncation(truncation)
         split_sizes(2, self.val_fraction)  # validate early
         make_units([], packing, 1, 1, 0)  # validate the mode early
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
