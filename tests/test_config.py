@@ -7,30 +7,31 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 
-from gpt4all.core.config import CONF_DIR, ConfigError, to_container, validate
+from gpt4all.core.config import CONF_PACKAGE, ConfigError, conf_dir, to_container, validate
 
 STAGES = ["collect", "curate", "train", "quantize", "evaluate", "pipeline"]
 # options whose required values (???) a user must give
 REQUIRED = {
     ("teacher", "openai_compatible"): ["teacher.base_url=http://127.0.0.1:9/v1", "teacher.model=m"],
     ("data/source", "jsonl"): ["data.sources.jsonl.path=prompts.jsonl"],
+    ("data/source", "p3_local"): ["data.sources.p3_local.path=p3.jsonl"],
 }
 
 
 def group_options() -> list[tuple[str, str]]:
     out = []
-    for yaml in sorted(CONF_DIR.rglob("*.yaml")):
-        group = str(yaml.parent.relative_to(CONF_DIR))
+    for yaml in sorted(conf_dir().rglob("*.yaml")):
+        group = str(yaml.parent.relative_to(conf_dir()))
         if group != "." and group != "hydra":
             out.append((group, yaml.stem))
     return out
 
 
 def compose_cfg(config_name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg

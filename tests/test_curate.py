@@ -8,10 +8,10 @@ import json
 import datasets
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 
-from gpt4all.core.config import CONF_DIR, ConfigError, validate
+from gpt4all.core.config import CONF_PACKAGE, ConfigError, validate
 from gpt4all.core.jsonl import JsonlError, write_jsonl
 from gpt4all.core.manifest import read_manifest, write_manifest
 from gpt4all.core.tracking import Tracker
@@ -100,7 +100,7 @@ def test_exact_dedup_keeps_the_first_after_normalisation():
 
 
 def compose_cfg(tmp_path, overrides=()):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose("curate", overrides=["logger=none", f"paths.output_dir={tmp_path}", *overrides],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

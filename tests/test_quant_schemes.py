@@ -11,10 +11,10 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from gpt4all.core.config import CONF_DIR
+from gpt4all.core.config import CONF_PACKAGE
 from gpt4all.core.lm import GGUFLM, Spec, load_lm, resolve_run_dir, score_nll
 from gpt4all.core.manifest import read_manifest, write_manifest
 from gpt4all.core.models import load_model, load_tokenizer, smollm2_gguf_path
@@ -28,7 +28,7 @@ HAS_GPTQ = importlib.util.find_spec("gptqmodel") is not None
 def compose_cfg(stage: str, overrides: list[str]):
     from hydra.core.hydra_config import HydraConfig
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose(config_name=stage, overrides=["model=tiny_random", "logger=none", *overrides],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

@@ -10,16 +10,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gpt4all.core.config import CONF_DIR
+from gpt4all.core.config import CONF_PATH
 from gpt4all.core.tracking import StageFn, run_stage, sweep_group
 
 Body = Callable[[DictConfig, Path, "str | None"], Any]
 
 
 def hydra_app(config_name: str, body: Body) -> Callable[[], Any]:
-    """A console-script `main` that composes conf/<config_name>.yaml and calls body(cfg, run_dir, wandb_group)."""
+    """A console-script `main` that composes conf/<config_name>.yaml and calls body(cfg, run_dir, wandb_group).
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    Runs from any folder; `--config-dir DIR` (or `hydra.searchpath=[file://DIR]`) adds a user's own config
+    groups, e.g. DIR/experiment/mine.yaml selected with `experiment=mine`.
+    """
+
+    @hydra.main(version_base="1.3", config_path=CONF_PATH, config_name=config_name)
     def main(cfg: DictConfig) -> Any:
         for noisy in ("httpx", "httpx2", "httpcore", "openai"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

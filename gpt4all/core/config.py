@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The repo's conf/ ships inside the package as `gpt4all.conf` (pyproject: package-dir mapping), so a wheel and an
+# editable install find it the same way; Hydra reads it as `pkg://gpt4all.conf`.
+CONF_PACKAGE = "gpt4all.conf"
+CONF_PATH = f"pkg://{CONF_PACKAGE}"
+
+
+def conf_dir() -> Path:
+    """The shipped config tree on disk (conf/ in a checkout, site-packages/gpt4all/conf in a wheel)."""
+    return Path(str(importlib.resources.files(CONF_PACKAGE)))
 
 
 class ConfigError(ValueError):
