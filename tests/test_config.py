@@ -18,6 +18,7 @@ REQUIRED = {
     ("teacher", "openai_compatible"): ["teacher.base_url=http://127.0.0.1:9/v1", "teacher.model=m"],
     ("data/source", "jsonl"): ["data.sources.jsonl.path=prompts.jsonl"],
     ("data/source", "p3_local"): ["data.sources.p3_local.path=p3.jsonl"],
+    ("model", "hf"): ["model.pretrained=org/name"],
 }
 
 
@@ -70,7 +71,7 @@ def test_sources_compose_into_a_mixture():
 def test_full_scale_preset_follows_the_paper():
     cfg = validate(compose_cfg("pipeline", ["experiment=gpt4all_lora_7b"]))
     assert cfg.model.name == "llama_7b" and cfg.teacher.name == "openai"
-    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 32, 0.1)
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (8, 32, 0.1)
     assert list(cfg.lora.target_modules) == ["q_proj", "v_proj"]
     assert cfg.train.lr == 5e-5 and cfg.trainer.max_epochs == 4 and cfg.trainer.strategy.stage == 2  # ZeRO-2
     assert "p3" not in cfg.data.sources

@@ -29,9 +29,11 @@ TEMPLATE = OmegaConf.create(
 )
 LORA = OmegaConf.create(
     {
+        "_target_": "peft.LoraConfig",
+        "task_type": "CAUSAL_LM",
         "r": 8,
-        "alpha": 16,
-        "dropout": 0.0,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "bias": "none",
     }
@@ -330,7 +332,7 @@ def test_cast_weight_reuses_a_frozen_cast_until_the_weight_changes():
 
 
 def test_cpu_dropout_replaces_lora_dropout_with_the_same_distribution(tiny_model_dir):
-    module = LoRAModule(load_base(tiny_model_dir), OmegaConf.merge(LORA, {"dropout": 0.2}), lr=1e-3)
+    module = LoRAModule(load_base(tiny_model_dir), OmegaConf.merge(LORA, {"lora_dropout": 0.2}), lr=1e-3)
     drops = [m for m in module.modules() if isinstance(m, CPUDropout)]
     assert len(drops) == 2 * len(LORA.target_modules)  # every adapted layer of the 2-layer model
     drop, x = drops[0], torch.ones(400, 500)

@@ -152,7 +152,7 @@ def test_scale_out_trainer_configs_instantiate(option):
 
 def test_paper_preset_and_launcher_compose():
     cfg = validate(compose_cfg("train", ["experiment=gpt4all_lora_7b", "hydra/launcher=slurm"]))
-    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules)) == (8, 32, 0.1, ["q_proj", "v_proj"])
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout, list(cfg.lora.target_modules)) == (8, 32, 0.1, ["q_proj", "v_proj"])
     assert (cfg.train.lr, cfg.train.batch_size, cfg.train.warmup_steps, cfg.train.weight_decay) == (5e-5, 4, 100, 0.0)
     assert (cfg.model.max_length, cfg.seed, cfg.trainer.max_epochs, cfg.trainer.devices) == (1024, 42, 4, 8)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.stage == 2

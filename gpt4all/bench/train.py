@@ -29,7 +29,8 @@ from gpt4all.core.metrics import count_label_tokens, tokens_per_second
 from gpt4all.core.models import load_model, load_tokenizer
 from gpt4all.core.template import encode_pair, resolve_template
 
-LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"], "bias": "none"}
+LORA = {"_target_": "peft.LoraConfig", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none"}
 # LoRA costs about 4 x params FLOPs per token (0.54 GFLOP for 135M); bf16 matmuls reach about 2.7 TFLOPS and fp32
 # about 375 GFLOPS on the reference 2-core machine (FACTS.md): the ceilings below, in tokens/s.
 CEILING = {"bf16": 2.7e12 / 0.54e9, "fp32": 375e9 / 0.54e9}
@@ -93,7 +94,7 @@ def run_baseline(model_cfg, cache: str, pairs, template, args) -> dict[str, Any]
             times.append(time.perf_counter() - self.t)
 
     model = get_peft_model(load_model(model_cfg, cache, seed=0), LoraConfig(
-        task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
         target_modules=LORA["target_modules"], bias="none"))
     targs = TrainingArguments(
         output_dir=str(Path(args.tmp) / "hf"), per_device_train_batch_size=args.batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gpt4all.core.config import CONF_PATH
+from gpt4all.core.config import CONF_PATH, ConfigError, check_renamed
 from gpt4all.core.tracking import StageFn, run_stage, sweep_group
 
 Body = Callable[[DictConfig, Path, "str | None"], Any]
@@ -29,7 +30,15 @@ def hydra_app(config_name: str, body: Body) -> Callable[[], Any]:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         return body(cfg, Path(HydraConfig.get().runtime.output_dir), sweep_group())  # a sweeper (optuna) reads it
 
-    return main
+    def entry(*args: Any) -> Any:
+        if not args:  # a renamed key on the command line fails naming its new spelling (Hydra would say "not in struct")
+            try:
+                check_renamed(sys.argv[1:])
+            except ConfigError as err:
+                sys.exit(f"Error: {err}")
+        return main(*args)
+
+    return entry
 
 
 def stage_app(stage: str, fn: StageFn) -> Callable[[], Any]:

@@ -6,7 +6,7 @@ import hashlib
 import importlib.resources
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -26,8 +26,57 @@ class ConfigError(ValueError):
     """A config value or key is wrong; the message names the key."""
 
 
-def schemas() -> dict[str, type]:
-    """Config node name -> its dataclass schema, gathered from gpt4all.core.schema.*."""
+# Keys renamed when their node became a `_target_` node (old dotted key -> new one); the old one fails naming it.
+RENAMED = {"lora.alpha": "lora.lora_alpha", "lora.dropout": "lora.lora_dropout"}
+HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}
+
+
+def check_renamed(overrides: Iterable[str]) -> None:
+    """Command-line overrides (`lora.alpha=32`, `+lora.alpha=32`) that use a renamed key fail naming the new one."""
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key in RENAMED:
+            raise ConfigError(f"'{key}' was renamed: use {RENAMED[key]}={value}" if value else
+                              f"'{key}' was renamed: use {RENAMED[key]}")
+
+
+def check_target_node(node: Any, where: str, extra: tuple[str, ...] = ()) -> None:
+    """Keys and simple types of a `_target_` node against its target's parameters (Hydra checks neither until it
+    instantiates, after heavy work): an unknown key, a renamed key or a wrong bool/int/float/str type raises
+    ConfigError naming `where.key`. `extra` lists keys gpt4all-lab itself reads from the node."""
+    import importlib
+    import inspect
+
+    target = str(node["_target_"])
+    module, _, name = target.rpartition(".")
+    try:
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{where}._target_: cannot import {target} ({err})") from None
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in node.items():
+        key = str(key)
+        if key in HYDRA_KEYS or key in extra:
+            continue
+        if f"{where}.{key}" in RENAMED:
+            raise ConfigError(f"'{where}.{key}' was renamed: use {RENAMED[f'{where}.{key}']}")
+        p = params.get(key)
+        if p is None:
+            if takes_any:
+                continue
+            allowed = ", ".join(k for k in params if not k.startswith("_"))
+            raise ConfigError(f"invalid config at '{where}.{key}': {target} takes no '{key}'\n"
+                              f"  keys allowed in '{where}': {allowed}")
+        if value is None or p.default is None or not isinstance(p.default, (bool, int, float, str)):
+            continue
+        want = type(p.default)
+        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"invalid config at '{where}.{key}': expected {want.__name__}, got {value!r}")
+
+
+def schemas() -> dict[str, type | Callable[[Any, str], None]]:
+    """Config node name -> its dataclass schema (or a check of a `_target_` node), from gpt4all.core.schema.*."""
     from gpt4all.core.schema import collect, curate, evaluate, quantize, runs, train
 
     out: dict[str, type] = {}
@@ -42,6 +91,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         if key not in cfg:
             continue
         node = cfg[key]
+        if not isinstance(schema, type):  # a `_target_` node: its target's parameters are the schema
+            schema(node, key)
+            continue
         try:
             merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         except OmegaConfBaseException as err:

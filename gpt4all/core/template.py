@@ -65,14 +65,14 @@ def encode_pair(
 
 
 EOS = "{eos}"  # placeholder for the tokenizer's eos token in `response_suffix` (text templates)
-STYLES = ("chat", "text")
+STYLES = ("chat", "text", "auto")
 _USER, _ASSISTANT = "\x00GPT4ALL_USER\x00", "\x00GPT4ALL_ASSISTANT\x00"
 
 
 def resolve_template(template: Any, tokenizer: Any) -> dict[str, str]:
     """The plain `{prompt, response_suffix}` strings that `render_prompt` / `encode_pair` use.
 
-    `template.style`: `chat` renders the tokenizer's own chat template (one user turn, optional
+    `template.style`: `auto` is `chat` when the tokenizer has a chat template, else `text`; `chat` renders the tokenizer's own chat template (one user turn, optional
     `template.system` message) and splits it around the turn contents; `text` takes `template.prompt` and
     `template.response_suffix` as given. `{eos}` in either is replaced by the tokenizer's eos token. The result
     is what a train manifest records, so later stages need no tokenizer to rebuild the prompt.
@@ -81,6 +81,8 @@ def resolve_template(template: Any, tokenizer: Any) -> dict[str, str]:
     if style not in STYLES:
         raise ValueError(f"model.template.style must be one of {', '.join(STYLES)}; got {style!r}")
     eos = str(getattr(tokenizer, "eos_token", None) or "")
+    if style == "auto":
+        style = "chat" if getattr(tokenizer, "chat_template", None) else "text"
     if style == "text":
         return {"prompt": str(template.prompt).replace(EOS, eos),
                 "response_suffix": str(template.response_suffix).replace(EOS, eos)}

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from gpt4all.core.manifest import read_manifest
+from gpt4all.core.models import model_license
 
 # What binds a model trained on a teacher's outputs, by teacher config name (the paper's "Use Considerations").
 TEACHER_TERMS = {
@@ -42,9 +43,11 @@ def model_card(cfg: Any, curate_dir: Path, template: dict[str, str], metrics: di
     config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "lora", "train", "trainer")}
     data = {"curate_dir": str(curate_dir), "counts": curate.get("counts", {}),
             "collect": {k: (collect or {}).get(k) for k in ("inputs", "counts")}}
-    kind = f"a LoRA adapter (r {cfg.lora.r}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "a full finetune"
+    adapter = cfg.lora.get("enabled", True)
+    kind = (f"a {str(cfg.lora._target_).rpartition('.')[2]} adapter (r {cfg.lora.get('r')}, alpha "
+            f"{cfg.lora.get('lora_alpha')})" if adapter else "a full finetune")
     return "\n".join([
-        "---", f"base_model: {cfg.model.pretrained or cfg.model.name}", "library_name: peft" if cfg.lora.enabled
+        "---", f"base_model: {cfg.model.pretrained or cfg.model.name}", "library_name: peft" if adapter
         else "library_name: transformers", "tags: [gpt4all-lab, lora, distillation]", "---", "",
         f"# {cfg.model.name} finetuned by gpt4all-lab", "",
         f"{kind} on {metrics.get('train_examples')} prompt/response pairs distilled from a teacher model, "
@@ -54,7 +57,7 @@ def model_card(cfg: Any, curate_dir: Path, template: dict[str, str], metrics: di
         "## Metrics", "", "```json", json.dumps(metrics, indent=2), "```", "",
         "## Data", "", "```json", json.dumps(data, indent=2, default=str), "```", "",
         "## Use considerations", "",
-        f"- Base model licence: {cfg.model.license}. The finetuned weights inherit it.",
+        f"- Base model licence: {model_license(cfg.model)}. The finetuned weights inherit it.",
         f"- {teacher_terms(cfg, collect)}",
         "- The data keeps the licences of its prompt sources (e.g. Stack Overflow content is CC BY-SA 4.0).",
         "- The Self-Instruct evaluation instructions were refused as training data (train.eval_guard).", "",

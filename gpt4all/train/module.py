@@ -11,10 +11,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from gpt4all.core.config import ConfigError
 from gpt4all.core.metrics import count_label_tokens
 from gpt4all.core.template import IGNORE_INDEX
 from gpt4all.train.attention import PACKED_SDPA, use_packed_attention
@@ -37,16 +39,20 @@ def lr_factor(step: int, warmup_steps: int, total_steps: float, schedule: str = 
     return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lora_config(lora: Any) -> LoraConfig:
-    """A PEFT LoraConfig from a `lora` config node (r, alpha, dropout, target_modules, bias)."""
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=int(lora.r),
-        lora_alpha=int(lora.alpha),
-        lora_dropout=float(lora.dropout),
-        target_modules=[str(m) for m in lora.target_modules],
-        bias=str(lora.bias),
-    )
+def peft_config(lora: Any) -> PeftConfig | None:
+    """The PEFT config a `lora` node builds through its `_target_` (peft.LoraConfig and any of its fields:
+    use_rslora, use_dora, rank_pattern, ...); None when `lora.enabled` is false (lora=none, full finetune).
+    Plain dicts work too. A bad value fails here, naming the node, before the model is loaded."""
+    node = OmegaConf.to_container(lora, resolve=True) if OmegaConf.is_config(lora) else dict(lora)
+    if not node.pop("enabled", True):
+        return None
+    if "_target_" not in node:
+        raise ConfigError("'lora' needs a _target_ (e.g. peft.LoraConfig) or enabled: false (lora=none)")
+    node.setdefault("_convert_", "all")  # lists and dicts reach PEFT as plain Python (it serialises them)
+    try:
+        return instantiate(node)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the config class's own TypeError/ValueError
+        raise ConfigError(f"invalid config at 'lora' ({node['_target_']}): {err.__cause__ or err}") from None
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -103,13 +109,21 @@ class LoRAModule(L.LightningModule):
         self.hparams["lora"] = OmegaConf.to_container(lora, resolve=True) if OmegaConf.is_config(lora) else dict(lora)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.warmup_steps, self.schedule = int(warmup_steps), schedule
-        self.use_lora = bool(getattr(lora, "enabled", True))
+        adapter = peft_config(lora)
+        self.use_lora = adapter is not None
         if gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24; the old name is deprecated
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = get_peft_model(model, lora_config(lora)) if self.use_lora else model
+        if self.use_lora:
+            try:
+                self.model = get_peft_model(model, adapter)
+            except ValueError as err:  # e.g. no default target modules known for this architecture
+                raise ConfigError(f"lora ({type(adapter).__name__}) on {type(model).__name__}: {err} "
+                                  f"(set lora.target_modules=[...])") from None
+        else:
+            self.model = model
         use_cpu_dropout(self.model)
         self.model.train()  # from_pretrained gives eval mode and Lightning does not change it
         self.strict_loading = not self.use_lora  # LoRA checkpoints carry the adapter only
@@ -119,7 +133,8 @@ class LoRAModule(L.LightningModule):
         self.hparams["total_params"] = self.num_total_params
         log.info(
             "%s: %d trainable of %d parameters (%.3f %%)",
-            f"LoRA r={lora.r} on {list(lora.target_modules)}" if self.use_lora else "full finetune",
+            f"{type(adapter).__name__} r={getattr(adapter, 'r', '-')} on {sorted(getattr(adapter, 'target_modules', None) or [])}"
+            if self.use_lora else "full finetune",
             self.num_trainable_params, self.num_total_params,
             100.0 * self.num_trainable_params / max(1, self.num_total_params),
         )

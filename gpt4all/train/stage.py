@@ -19,7 +19,7 @@ from gpt4all.core.template import resolve_template
 from gpt4all.core.tracking import Tracker
 from gpt4all.train.card import model_card
 from gpt4all.train.data import ChatDataModule
-from gpt4all.train.module import LoRAModule
+from gpt4all.train.module import LoRAModule, peft_config
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     curate_dir = Path(cfg.train.data_dir) if cfg.train.data_dir else latest_run(cfg.paths.output_dir, "curate")
     dataset_dir = read_manifest(curate_dir, "curate")["outputs"]["dataset"]
     L.seed_everything(cfg.seed, workers=True)
+    peft_config(cfg.lora)  # a bad lora node fails here, before the data and the model load
 
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     template = resolve_template(cfg.model.template, tokenizer)
