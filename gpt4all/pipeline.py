@@ -42,6 +42,19 @@ def stage_runner(stage: str) -> Callable[..., dict[str, Any]]:
     return importlib.import_module(f"gpt4all.{stage}.stage").run
 
 
+def preflight(cfg: DictConfig, stages: list[str]) -> list[str]:
+    """Checks that would otherwise fail only after earlier stages' work; the stages to run. With data.pairs the
+    pairs replace collect; a model.pretrained that cannot be loaded here fails now, naming it."""
+    if cfg.data.get("pairs") and "collect" in stages:
+        log.info("[pipeline] data.pairs given: no collect; curate reads the pairs")
+        stages = [s for s in stages if s != "collect"]
+    if cfg.model.source == "hf" and {"train", "evaluate"} & set(stages):
+        from gpt4all.core.models import check_pretrained
+
+        check_pretrained(cfg.model.pretrained)
+    return stages
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
     """Run the configured stages in order, reusing cached ones; write and return summary.json's content."""
     cfg = validate(cfg)
@@ -49,7 +62,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     group = group or f"pipeline-{run_dir.name}"
-    stages = list(cfg.pipeline.stages)
+    stages = preflight(cfg, list(cfg.pipeline.stages))
     cache = StageCache(cfg.stage_cache.dir)
     reusable = set(stages) if is_multirun() and cfg.pipeline.skip_finished else set(cfg.stage_cache.enabled)
     reusable -= set(cfg.stage_cache.force)

@@ -40,7 +40,10 @@ def _artifact(stage: str, run_dir: Path):
 
     name, kind = ARTIFACTS[stage]
     manifest = json.loads((run_dir / MANIFEST).read_text())
-    art = wandb.Artifact(name, type=kind, metadata={"run_dir": str(run_dir), "counts": manifest.get("counts", {})})
+    meta = {"run_dir": str(run_dir), "counts": manifest.get("counts", {})}
+    if manifest.get("inputs", {}).get("pairs"):  # data.pairs: the dataset's name, location and content digest
+        meta["dataset"] = manifest["inputs"]["pairs"]
+    art = wandb.Artifact(name, type=kind, metadata=meta)
     for key, rel in manifest["outputs"].items():
         path = Path(rel) if Path(rel).is_absolute() else run_dir / rel
         if path.exists():

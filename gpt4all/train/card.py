@@ -20,7 +20,9 @@ TEACHER_TERMS = {
 }
 
 
-def _source_manifests(curate_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _source_manifests(curate_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    if curate_dir is None:  # trained on data.pairs directly
+        return {}, None
     curate = read_manifest(curate_dir, "curate")
     collect_dir = curate.get("inputs", {}).get("collect_dir")
     try:
@@ -37,12 +39,13 @@ def teacher_terms(cfg: Any, collect: dict[str, Any] | None) -> str:
     return f"Teacher: `{name}` (`{model}`). {terms}"
 
 
-def model_card(cfg: Any, curate_dir: Path, template: dict[str, str], metrics: dict[str, Any]) -> str:
-    """Markdown for README.md next to the weights."""
+def model_card(cfg: Any, curate_dir: Path | None, template: dict[str, str], metrics: dict[str, Any],
+               pairs: dict[str, Any] | None = None) -> str:
+    """Markdown for README.md next to the weights; `pairs`: the brought dataset (name, location, digest)."""
     curate, collect = _source_manifests(curate_dir)
     config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "lora", "train", "trainer")}
-    data = {"curate_dir": str(curate_dir), "counts": curate.get("counts", {}),
-            "collect": {k: (collect or {}).get(k) for k in ("inputs", "counts")}}
+    data = {"curate_dir": str(curate_dir) if curate_dir else None, "counts": curate.get("counts", {}),
+            "collect": {k: (collect or {}).get(k) for k in ("inputs", "counts")}, "pairs": pairs}
     adapter = cfg.lora.get("enabled", True)
     kind = (f"a {str(cfg.lora._target_).rpartition('.')[2]} adapter (r {cfg.lora.get('r')}, alpha "
             f"{cfg.lora.get('lora_alpha')})" if adapter else "a full finetune")
@@ -55,10 +58,15 @@ def model_card(cfg: Any, curate_dir: Path, template: dict[str, str], metrics: di
         "`PeftModel.from_pretrained`, `merged/` with `AutoModelForCausalLM.from_pretrained`.", "",
         "## Prompt format", "", f"```\n{template['prompt']}<response>{template['response_suffix']}\n```", "",
         "## Metrics", "", "```json", json.dumps(metrics, indent=2), "```", "",
-        "## Data", "", "```json", json.dumps(data, indent=2, default=str), "```", "",
+        "## Data", "",
+        *([f"Dataset: `{pairs['name']}` ({pairs['rows']} rows, content digest `{pairs['digest']}`).", ""]
+          if pairs else []),
+        "```json", json.dumps(data, indent=2, default=str), "```", "",
         "## Use considerations", "",
         f"- Base model licence: {model_license(cfg.model)}. The finetuned weights inherit it.",
-        f"- {teacher_terms(cfg, collect)}",
+        f"- {teacher_terms(cfg, collect)}" if collect or not pairs else
+        f"- Responses come from the dataset `{pairs['name']}`: its licence and the terms of the model that wrote "
+        "them bind the finetuned weights.",
         "- The data keeps the licences of its prompt sources (e.g. Stack Overflow content is CC BY-SA 4.0).",
         "- The Self-Instruct evaluation instructions were refused as training data (train.eval_guard).", "",
         "## Config", "", "```yaml", OmegaConf.to_yaml(OmegaConf.create(config)).rstrip(), "```", "",

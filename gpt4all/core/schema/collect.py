@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpt4all.core.schema.pairs import PairsSchema
+
 
 @dataclass
 class TeacherSchema:
@@ -88,6 +90,7 @@ class SourceSchema:
 @dataclass
 class DataSchema:
     sources: dict[str, SourceSchema] = field(default_factory=dict)
+    pairs: PairsSchema | None = None  # data/pairs: pairs brought to curate and train (no collect run)
 
 
 # config node -> schema; gpt4all.core.config validates every node listed here
