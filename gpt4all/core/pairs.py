@@ -38,6 +38,7 @@ class Pairs:
     location: str
     columns: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in PAIR_COLUMNS})
     digest: str = ""
+    rows: int = 0  # rows read (what the digest covers)
     ids_made: int = 0  # rows whose id was made from the content
 
     def __len__(self) -> int:
@@ -45,7 +46,7 @@ class Pairs:
 
     def info(self) -> dict[str, Any]:
         """What a manifest, a model card and a W&B artifact record about the data."""
-        return {"name": self.name, "location": self.location, "rows": len(self), "digest": self.digest,
+        return {"name": self.name, "location": self.location, "rows": self.rows, "digest": self.digest,
                 "ids_made": self.ids_made}
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -181,6 +182,6 @@ def load_pairs(spec: Any) -> Pairs:
         digest.update(json.dumps([rec[c] for c in PAIR_COLUMNS], ensure_ascii=False).encode() + b"\n")
     if not len(pairs):
         raise PairsError(f"{location}: no pairs to read")
-    pairs.digest = f"sha256:{digest.hexdigest()}"
+    pairs.rows, pairs.digest = len(pairs), f"sha256:{digest.hexdigest()}"
     log.info("pairs %s: %d rows from %s (digest %s)", name, len(pairs), location, pairs.digest[:19])
     return pairs

@@ -45,6 +45,8 @@ def _artifact(stage: str, run_dir: Path):
         meta["dataset"] = manifest["inputs"]["pairs"]
     art = wandb.Artifact(name, type=kind, metadata=meta)
     for key, rel in manifest["outputs"].items():
+        if rel is None:  # an output this run did not make (e.g. no checkpoint with callbacks=none)
+            continue
         path = Path(rel) if Path(rel).is_absolute() else run_dir / rel
         if path.exists():
             art.add_reference(path.resolve().as_uri(), name=key, checksum=True, max_objects=100_000)
