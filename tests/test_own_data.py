@@ -194,3 +194,15 @@ def test_auto_template_is_text_for_a_tokenizer_without_chat_template(tiny_model_
     tok.chat_template = None
     assert resolve_template(node, tok) == {"prompt": "### Prompt:\n{prompt}\n### Response:\n",
                                            "response_suffix": tok.eos_token}
+
+
+def test_released_data_preset_trains_the_paper_recipe_on_the_release_without_collect():
+    cfg = validate(compose_cfg("pipeline", ["experiment=gpt4all_lora_7b_released_data"]))
+    assert cfg.data.pairs.dataset == "nomic-ai/gpt4all_prompt_generations" and cfg.data.pairs.fields.source == "source"
+    assert list(cfg.pipeline.stages) == ["curate", "train", "quantize", "evaluate"]
+    assert cfg.model.name == "llama_7b" and (cfg.lora.r, cfg.lora.lora_alpha) == (8, 32)
+
+
+def test_a_local_source_without_its_path_fails_naming_the_key():
+    with pytest.raises(ConfigError, match=r"data\.sources\.p3_local\.path"):
+        validate(compose_cfg("collect", ["data/source=[sample,p3_local]"]))

@@ -94,6 +94,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not isinstance(schema, type):  # a `_target_` node: its target's parameters are the schema
             schema(node, key)
             continue
+        missing = set(OmegaConf.missing_keys(node)) if OmegaConf.is_config(node) else set()  # merge drops ???
         try:
             merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         except OmegaConfBaseException as err:
@@ -107,7 +108,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         OmegaConf.set_struct(cfg, False)
         cfg[key] = merged
         OmegaConf.set_struct(cfg, with_flag)
-        missing = OmegaConf.missing_keys(cfg[key])
+        missing |= set(OmegaConf.missing_keys(cfg[key]))
         if missing:
             raise ConfigError(f"config '{key}' is missing required keys: {', '.join(f'{key}.{m}' for m in sorted(missing))}")
     return cfg
