@@ -19,6 +19,7 @@ REQUIRED = {
     ("data/source", "jsonl"): ["data.sources.jsonl.path=prompts.jsonl"],
     ("data/source", "p3_local"): ["data.sources.p3_local.path=p3.jsonl"],
     ("model", "hf"): ["model.pretrained=org/name"],
+    ("data/pairs", "file"): ["data.pairs.path=pairs.jsonl"],
 }
 
 

@@ -137,12 +137,12 @@ def test_peft_options_come_from_yaml_and_old_keys_name_their_new_spelling():
 def test_an_unreachable_hub_model_fails_before_any_stage_runs(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, "-m", "gpt4all", "model=hf", "model.pretrained=no-such-org/no-such-model",
-                           f"paths.output_dir={tmp_path}", "logger=none"], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=tmp_path)
+                           f"paths.output_dir={tmp_path}", "logger=none"], check=False, capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0
     assert "model.pretrained=no-such-org/no-such-model" in proc.stderr
     assert not list(tmp_path.rglob("manifest.json"))  # collect never ran
-    renamed = subprocess.run([sys.executable, "-m", "gpt4all.train", "lora.alpha=32"], capture_output=True,
+    renamed = subprocess.run([sys.executable, "-m", "gpt4all.train", "lora.alpha=32"], check=False, capture_output=True,
                              text=True, env=env, timeout=120, cwd=tmp_path)
     assert renamed.returncode != 0 and "use lora.lora_alpha=32" in renamed.stderr
 
@@ -166,7 +166,7 @@ def test_model_hf_on_a_local_dir_trains_on_pairs_with_a_users_own_config_dir(rel
         sys.executable, "-m", "gpt4all.train", "--config-dir", str(conf), "experiment=mine",
         f"model.pretrained={model_dir}", "data/pairs=file", f"data.pairs.path={released}",
         "data.pairs.fields.source=source", "callbacks=none", f"hydra.run.dir={run_dir}",
-    ], capture_output=True, text=True, env=env, timeout=400, cwd=cwd)
+    ], check=False, capture_output=True, text=True, env=env, timeout=400, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-4000:]
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["use_rslora"] is True
@@ -206,3 +206,24 @@ def test_released_data_preset_trains_the_paper_recipe_on_the_release_without_col
 def test_a_local_source_without_its_path_fails_naming_the_key():
     with pytest.raises(ConfigError, match=r"data\.sources\.p3_local\.path"):
         validate(compose_cfg("collect", ["data/source=[sample,p3_local]"]))
+
+
+def test_the_pipeline_skips_collect_when_pairs_are_given(released):
+    from gpt4all.pipeline import preflight
+
+    cfg = validate(compose_cfg("pipeline", ["data/pairs=file", f"data.pairs.path={released}"]))
+    assert preflight(cfg, list(cfg.pipeline.stages)) == ["curate", "train", "quantize", "evaluate"]
+    plain = validate(compose_cfg("pipeline", []))
+    assert preflight(plain, list(plain.pipeline.stages))[0] == "collect"
+
+
+def test_a_changed_pairs_file_changes_the_stage_cache_key(tmp_path):
+    from gpt4all.core.cache import stage_key
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(RELEASED[0]) + "\n")
+    cfg = validate(compose_cfg("pipeline", ["data/pairs=file", f"data.pairs.path={path}"]))
+    before = stage_key(cfg, "curate", None)
+    assert stage_key(cfg, "curate", None) == before
+    path.write_text("".join(json.dumps(r) + "\n" for r in RELEASED))
+    assert stage_key(cfg, "curate", None) != before

@@ -42,6 +42,10 @@ def stage_key(cfg: DictConfig, stage: str, input_key: str | None) -> str:
             continue
         plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         data[node] = _without(plain, node, ignore)
+    pairs = _select(cfg, "data.pairs.path") if "data.pairs" in data else None
+    if pairs and Path(str(pairs)).exists():  # the file's content can change under the same config: size + mtime
+        files = [Path(str(pairs))] if Path(str(pairs)).is_file() else sorted(Path(str(pairs)).rglob("*"))
+        data["pairs_files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -94,7 +95,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not isinstance(schema, type):  # a `_target_` node: its target's parameters are the schema
             schema(node, key)
             continue
-        missing = set(OmegaConf.missing_keys(node)) if OmegaConf.is_config(node) else set()  # merge drops ???
+        # the schema merge drops ??? values, so required keys are collected from the node first (full keys)
+        missing = {m.removeprefix(f"{key}.") for m in OmegaConf.missing_keys(node)} if OmegaConf.is_config(node) \
+            else set()
         try:
             merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         except OmegaConfBaseException as err:

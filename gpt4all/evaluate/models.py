@@ -44,6 +44,11 @@ def _run_template(path: str | None) -> Any:
 def candidates(cfg: DictConfig) -> list[Candidate]:
     """base (evaluate.include_base), the finetuned / quantized runs named or latest, then evaluate.models."""
     ev, default_template = cfg.evaluate, cfg.model.template
+    if default_template.get("style") == "auto":  # model=hf: the tokenizer decides between chat and text
+        from gpt4all.core.models import load_tokenizer
+        from gpt4all.core.template import resolve_template
+
+        default_template = resolve_template(default_template, load_tokenizer(cfg.model, cfg.paths.cache_dir))
     out = [Candidate(f"base:{cfg.model.name}", Spec("base", template=default_template), "base")] \
         if ev.include_base else []
 
