@@ -1,4 +1,5 @@
-"""train: setup (data: a curate run or data.pairs; model, LoRA, trainer, callbacks) -> fit (or resume) -> save (adapter, merged, card, manifest)."""
+"""train: setup (data: a curate run or data.pairs; model, LoRA, trainer, callbacks) -> fit (or resume) -> save
+(adapter, merged, card, manifest)."""
 
 from __future__ import annotations
 
@@ -80,12 +81,11 @@ def training_data(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, Path, di
 
 
 def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-    curate_dir, dataset_dir, pairs, dropped = training_data(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
-    peft_config(cfg.lora)  # a bad lora node fails here, before the data and the model load
-
+    peft_config(cfg.lora)  # a bad lora node, then an unreachable model, fail before the data and the model load
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     template = resolve_template(cfg.model.template, tokenizer)
+    curate_dir, dataset_dir, pairs, dropped = training_data(cfg, run_dir)
     t = cfg.train
     datamodule = ChatDataModule(
         dataset_dir, tokenizer, template, max_length=cfg.model.max_length, batch_size=t.batch_size,
