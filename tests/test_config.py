@@ -97,3 +97,14 @@ def test_cli_typo_fails_naming_the_key(tmp_path: Path):
     assert proc.returncode != 0
     assert "lora.rank" in proc.stderr
     assert not list(tmp_path.rglob("manifest.json"))
+
+
+def test_every_subpackage_and_the_config_tree_ship_in_the_wheel():
+    import tomllib
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[1]
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(find_packages(str(root), include=["gpt4all*"])) <= set(tool["packages"])
+    assert tool["package-dir"]["gpt4all.conf"] == "conf" and conf_dir().resolve() == (root / "conf").resolve()
