@@ -49,9 +49,10 @@ async def send(cfg: DictConfig, todo: list[Request], base_url: str | None, cache
                                           on_progress=on_progress).run(todo)
             return {**counts, "not_sent": {}}
         collector = Collector(client, teacher, cache, ledger, max_cost_usd=c.max_cost_usd, on_progress=on_progress,
-                              progress_every_s=c.progress_every_s, progress=c.progress)
+                              progress_every_s=c.progress_every_s, progress=c.progress, claim_lease_s=c.claim_lease_s)
         await collector.run(todo, total=len(todo))
-        return {"not_sent": collector.not_sent}
+        return {"not_sent": collector.not_sent, "by_others": collector.by_others,
+                "claims_taken_over": sum(collector.taken_over.values())}
     finally:
         await client.close()
 
@@ -152,19 +153,21 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     try:
         with server as base_url:
             extra = asyncio.run(send(cfg, todo, base_url, cache, ledger, on_progress)) if todo else {"not_sent": {}}
+        by_others = extra.pop("by_others", set())  # answered by a concurrent collector sharing the cache
         rows = cache.get_many(r.key for r in requests)
     finally:
         on_progress(ledger.snapshot())
         cache.close()
     out = run_dir / RESPONSES
-    counts, dataset_cost = write_responses(out, requests, rows, cached, {**held, **extra.pop("not_sent")})
+    counts, dataset_cost = write_responses(out, requests, rows, cached | by_others, {**held, **extra.pop("not_sent")})
     live = ledger.snapshot()
     stats = {
         "prompts": len(prompts),
         "answered": counts["answered"],
         "failed": counts["failed"],
         "cached": counts["cached"],
-        "sent": len(todo),
+        "sent": len(todo) - len(by_others),
+        "answered_by_other_collector": len(by_others),
         "prompt_tokens": live["prompt_tokens"],
         "completion_tokens": live["completion_tokens"],
         "cost_usd": live["cost_usd"],  # spent by this run

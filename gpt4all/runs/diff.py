@@ -10,19 +10,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gpt4all.core.cache import flatten
 from gpt4all.runs.discover import load_config, load_overrides, sweep_jobs
 
 MISSING = "<absent>"
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
 
 
 def diff_configs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[tuple[str, Any, Any]]]:

@@ -18,7 +18,9 @@ class StageCacheSchema:
     enabled: list[str] = field(default_factory=lambda: ["collect", "curate"])
     dir: str = "???"
     force: list[str] = field(default_factory=list)  # stages to re-run even when their key is cached
-    nodes: dict[str, list[str]] = field(default_factory=dict)
+    ignore_code: bool = False  # true: a change of the code (version, sources) does not force a re-run
+    nodes: dict[str, list[str]] = field(default_factory=dict)  # stage -> config nodes its key hashes
+    inputs: dict[str, list[str]] = field(default_factory=dict)  # stage -> config keys naming files/dirs it reads
     ignore: list[str] = field(default_factory=list)
 
 
