@@ -36,6 +36,14 @@ CHUNK = 1 << 20
 
 
 # ---- content digests --------------------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class DigestCache:
     """SHA-256 of file contents, remembered by (path, size, mtime_ns): an unchanged file is never read twice."""
 
@@ -55,11 +63,7 @@ class DigestCache:
                                   (str(path), st.st_size, st.st_mtime_ns)).fetchone()
             if row:
                 return row[0]
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-        digest = h.hexdigest()
+        digest = sha256_file(path)
         if self.db is not None:
             self.db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)",
                             (str(path), st.st_size, st.st_mtime_ns, digest))
