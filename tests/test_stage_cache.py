@@ -9,12 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import gpt4all.core.cache as cache_mod
 from gpt4all.collect.testing_server import FakeOpenAI
-from gpt4all.core.cache import PACKAGE_ROOT, DigestCache, StageCache, code_fingerprint, key_of
-from gpt4all.runs.diff import diff_parts, main as diff_main
+from gpt4all.core.cache import (
+    PACKAGE_ROOT,
+    DigestCache,
+    StageCache,
+    code_fingerprint,
+    key_of,
+)
+from gpt4all.runs.diff import diff_parts
+from gpt4all.runs.diff import main as diff_main
 
 
 def parts(code: dict | None = None, digest: str = "d" * 64, ignore_code: bool = False, seed: int = 42) -> dict:
@@ -108,7 +113,7 @@ def pipeline(out: Path, base_url: str, prompts: Path, *extra: str) -> subprocess
            "pipeline.stages=[collect,curate]", "data/source=[jsonl]", f"data.sources.jsonl.path={prompts}",
            "teacher=openai_compatible", f"teacher.base_url={base_url}", "teacher.model=fake", "collect.progress=false",
            *extra]
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    return subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
                           env={**os.environ, "WANDB_MODE": "offline"})
 
 

@@ -59,8 +59,7 @@ def token_counter(teacher: Any) -> TokenCounter:
     model = str(teacher.model)
     if teacher.get("server") is not None:
         try:
-            from llama_cpp import Llama
-
+            from gpt4all.core.llamacpp import Llama
             from gpt4all.core.models import resolve_gguf
 
             path = Path(resolve_gguf(teacher.server.get("model_path")))

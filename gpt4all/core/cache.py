@@ -142,7 +142,7 @@ def _expand(node: Any, parts: list[str], prefix: str) -> Any:
     if not isinstance(node, DictConfig):
         return
     head, rest = parts[0], parts[1:]
-    for k in (k for k in node.keys() if fnmatch.fnmatchcase(str(k), head)):
+    for k in (k for k in node if fnmatch.fnmatchcase(str(k), head)):
         yield from _expand(node[k], rest, f"{prefix}.{k}" if prefix else str(k))
 
 
@@ -156,7 +156,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_fingerprint(stage: str, root: Path = PACKAGE_ROOT) -> dict[str, str]:
     """Package version + a hash of the sources the stage runs: its own package, `core/` and the bundled data."""
     try:

@@ -32,7 +32,7 @@ def check_top_level(cfg: DictConfig) -> None:
     from gpt4all.core.schema.runs import TOP_LEVEL
 
     known = set(schemas()) | set(TOP_LEVEL)
-    for key in cfg.keys():
+    for key in cfg:
         if key not in known:
             raise ConfigError(f"invalid config: unknown top-level key '{key}'\n  top-level keys allowed: "
                               f"{', '.join(sorted(known))}")
@@ -57,15 +57,15 @@ def check_targets(cfg: DictConfig, nodes: tuple[str, ...] = ("trainer", "callbac
             except Exception as err:  # noqa: BLE001 - any import or lookup failure names the node
                 raise ConfigError(f"invalid config at '{path}._target_': cannot import {node._target_} ({err})") from None
             if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                for key in node.keys():
+                for key in node:
                     if not str(key).startswith("_") and key not in params:
                         raise ConfigError(f"invalid config at '{path}.{key}': not an argument of {node._target_}\n"
                                           f"  arguments allowed: {', '.join(k for k in params if k != 'self')}")
-            for key in node.keys():
+            for key in node:
                 if isinstance(node.get(key), DictConfig):
                     check(f"{path}.{key}", node.get(key))
         else:
-            for key in node.keys():
+            for key in node:
                 check(f"{path}.{key}", node.get(key))
 
     for name in nodes:
