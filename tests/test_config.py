@@ -81,7 +81,10 @@ def test_full_scale_preset_follows_the_paper():
 @pytest.mark.parametrize(
     "override,key",
     [("+lora.rank=8", "lora.rank"), ("lora.r=abc", "lora.r"), ("+model.template.promt=x", "model.template.promt"),
-     ("teacher.temperature=hot", "teacher.temperature"), ("+curation.drop_dupes=true", "curation.drop_dupes")],
+     ("teacher.temperature=hot", "teacher.temperature"), ("+curation.drop_dupes=true", "curation.drop_dupes")]
+    + [("+seed2=1", "seed2"), ("seed=abc", "seed"), ("+logger.wandb.projet=x", "logger.wandb.projet"),
+       ("+logger.tensorboard.dir=x", "logger.tensorboard"), ("+paths.out_dir=x", "paths.out_dir"),
+       ("+trainer.max_epoch=3", "trainer.max_epoch"), ("+callbacks.checkpoint.every_n=3", "callbacks.checkpoint.every_n")],
 )
 def test_bad_key_or_type_names_the_key(override, key):
     cfg = compose_cfg("train", [override])

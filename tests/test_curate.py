@@ -82,6 +82,7 @@ LOOP = "the answer is " * 60
     (LanguageFilter(["en"]), rec(0, response="Ceci est une phrase en français, écrite pour le test."),
      (False, "language:fr")),
     (LanguageFilter(["en"]), rec(0, response="This is an English sentence written for the test."), True),
+    (LanguageFilter(["en"]), rec(0, response="12345 + 67890 = 80235; 3 * 7 = 21 !!"), (False, "language:undetected")),
 ])
 def test_filter_verdicts(flt, row, expected):
     assert flt.filter(row) == expected

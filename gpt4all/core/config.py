@@ -86,8 +86,58 @@ def schemas() -> dict[str, type | Callable[[Any, str], None]]:
     return out
 
 
+def check_top_level(cfg: DictConfig) -> None:
+    """Every top-level key is a node with a schema or a known plain key of the right type (`+seed2=1` fails)."""
+    from gpt4all.core.schema.runs import TOP_LEVEL
+
+    known = set(schemas()) | set(TOP_LEVEL)
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(f"invalid config: unknown top-level key '{key}'\n  top-level keys allowed: "
+                              f"{', '.join(sorted(known))}")
+        kind = TOP_LEVEL.get(key)
+        value = OmegaConf.select(cfg, str(key), throw_on_missing=False)
+        if kind is not None and value is not None and not (isinstance(value, kind) and not isinstance(value, bool)):
+            raise ConfigError(f"invalid config at '{key}': expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def check_targets(cfg: DictConfig, nodes: tuple[str, ...] = ("trainer", "callbacks")) -> None:
+    """Keys of the free-form `_target_` nodes (trainer, each callback) must be arguments of their target."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    def check(path: str, node: Any) -> None:
+        if not isinstance(node, DictConfig):
+            return
+        if "_target_" in node:
+            try:
+                params = inspect.signature(get_class(node._target_)).parameters
+            except Exception as err:  # noqa: BLE001 - any import or lookup failure names the node
+                raise ConfigError(f"invalid config at '{path}._target_': cannot import {node._target_} ({err})") from None
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                for key in node:
+                    if not str(key).startswith("_") and key not in params:
+                        raise ConfigError(f"invalid config at '{path}.{key}': not an argument of {node._target_}\n"
+                                          f"  arguments allowed: {', '.join(k for k in params if k != 'self')}")
+            for key in node:
+                if isinstance(node.get(key), DictConfig):
+                    check(f"{path}.{key}", node.get(key))
+        else:
+            for key in node:
+                check(f"{path}.{key}", node.get(key))
+
+    for name in nodes:
+        if name in cfg:
+            check(name, cfg[name])
+
+
 def validate(cfg: DictConfig) -> DictConfig:
-    """Check every known config node against its schema; unknown keys and wrong types raise ConfigError."""
+    """Check the top-level keys and every known config node against its schema; unknown keys and wrong types
+    raise ConfigError naming the key. The train stage and the pipeline also check trainer and callbacks keys."""
+    check_top_level(cfg)
+    if cfg.get("stage") in ("train", "pipeline"):
+        check_targets(cfg)
     for key, schema in schemas().items():
         if key not in cfg:
             continue

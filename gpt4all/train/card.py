@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from omegaconf import OmegaConf
 
 from gpt4all.core.manifest import read_manifest
 from gpt4all.core.models import model_license
+
+log = logging.getLogger(__name__)
 
 # What binds a model trained on a teacher's outputs, by teacher config name (the paper's "Use Considerations").
 TEACHER_TERMS = {
@@ -20,29 +23,39 @@ TEACHER_TERMS = {
 }
 
 
-def _source_manifests(curate_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    if curate_dir is None:  # trained on data.pairs directly
-        return {}, None
+def _source_manifests(curate_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
+    """The curate and collect manifests behind the data, and why the collect one is missing (None if found)."""
+    if curate_dir is None:  # trained on data.pairs directly: the card names the dataset instead
+        return {}, None, None
     curate = read_manifest(curate_dir, "curate")
     collect_dir = curate.get("inputs", {}).get("collect_dir")
+    if not collect_dir:
+        return curate, None, f"the curate run {curate_dir} names no collect run"
     try:
-        collect = read_manifest(collect_dir, "collect") if collect_dir else None
-    except (FileNotFoundError, ValueError):
-        collect = None
-    return curate, collect
+        return curate, read_manifest(collect_dir, "collect"), None
+    except (FileNotFoundError, ValueError) as err:
+        return curate, None, str(err)
 
 
-def teacher_terms(cfg: Any, collect: dict[str, Any] | None) -> str:
+def teacher_terms(cfg: Any, collect: dict[str, Any] | None, missing: str | None = None) -> str:
     name = (collect or {}).get("inputs", {}).get("teacher") or cfg.teacher.get("name", "unknown")
     model = (collect or {}).get("inputs", {}).get("model") or cfg.teacher.get("model", "")
     terms = TEACHER_TERMS.get(str(name), f"Check the terms of use of the teacher API ({name}) for its outputs.")
+    if missing:
+        return (f"Teacher: unknown, the collect manifest is missing ({missing}); this run's config names `{name}` "
+                f"(`{model}`), which may not be the teacher that answered the prompts. {terms} Check the terms of "
+                "the teacher that did.")
     return f"Teacher: `{name}` (`{model}`). {terms}"
 
 
 def model_card(cfg: Any, curate_dir: Path | None, template: dict[str, str], metrics: dict[str, Any],
                pairs: dict[str, Any] | None = None) -> str:
     """Markdown for README.md next to the weights; `pairs`: the brought dataset (name, location, digest)."""
-    curate, collect = _source_manifests(curate_dir)
+    curate, collect, missing = _source_manifests(curate_dir)
+    if missing:
+        log.warning("model card: the collect manifest is missing (%s): the teacher's terms come from this run's "
+                    "config (teacher=%s), which may not be the teacher that answered the prompts; the card says so",
+                    missing, cfg.teacher.get("name"))
     config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "lora", "train", "trainer")}
     data = {"curate_dir": str(curate_dir) if curate_dir else None, "counts": curate.get("counts", {}),
             "collect": {k: (collect or {}).get(k) for k in ("inputs", "counts")}, "pairs": pairs}
@@ -64,7 +77,7 @@ def model_card(cfg: Any, curate_dir: Path | None, template: dict[str, str], metr
         "```json", json.dumps(data, indent=2, default=str), "```", "",
         "## Use considerations", "",
         f"- Base model licence: {model_license(cfg.model)}. The finetuned weights inherit it.",
-        f"- {teacher_terms(cfg, collect)}" if collect or not pairs else
+        f"- {teacher_terms(cfg, collect, missing)}" if collect or not pairs else
         f"- Responses come from the dataset `{pairs['name']}`: its licence and the terms of the model that wrote "
         "them bind the finetuned weights.",
         "- The data keeps the licences of its prompt sources (e.g. Stack Overflow content is CC BY-SA 4.0).",

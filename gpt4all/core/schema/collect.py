@@ -62,6 +62,7 @@ class CollectSchema:
     expected_output_tokens: int | None = None  # dry-run tokens per answer; null: teacher.max_tokens (a bound)
     progress_every_s: float = 5.0  # how often the live ledger goes to ledger.json and the tracker
     progress: bool = True  # the tqdm bar
+    claim_lease_s: float = 30.0  # a request claimed for sending is another collector's to take after this long silent
     pricing: PricingSchema = field(default_factory=PricingSchema)
     batch: BatchSchema = field(default_factory=BatchSchema)
 
