@@ -636,3 +636,67 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, data_di
         grads.append([p.grad.clone() for p in module.model.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+class GradsAtStep(LoRAModule):
+    """Records the gradient the optimizer will apply (after the token weighting of the step)."""
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        self.grads = [p.grad.clone() for p in self.model.parameters() if p.requires_grad]
+
+
+def four_unequal_examples(data_dir, tokenizer) -> list[dict]:
+    """Four examples, the first two with fewer label tokens than the last two (a mean per micro-batch of 2 then
+    differs from the mean over the 4)."""
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=1, val_fraction=0.0)
+    dm.setup()
+    by_len = sorted(dm.train_examples, key=lambda e: sum(t != IGNORE_INDEX for t in e["labels"]))
+    chosen = by_len[:2] + by_len[-2:]
+    counts = [sum(t != IGNORE_INDEX for t in e["labels"]) for e in chosen]
+    assert counts[0] + counts[1] < counts[2] + counts[3], counts
+    return [[e] for e in chosen]  # units of one example, as the data module's loaders yield them
+
+
+def test_accumulation_gives_the_token_weighted_gradient(tiny_model_dir, data_dir, tokenizer):
+    """Batch 4 x 1 accumulation and batch 2 x 2 accumulations give the same step gradient (fp32, unequal
+    lengths), and both equal the gradient of the mean token loss over the 4 examples."""
+    from torch.utils.data import DataLoader
+
+    examples = four_unequal_examples(data_dir, tokenizer)
+    collate = Collator(tokenizer.pad_token_id, pack=False)
+    grads = {}
+    for batch_size, accumulate in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        module = GradsAtStep(load_base(tiny_model_dir), LORA, lr=1e-3)
+        loader = DataLoader(examples, batch_size=batch_size, collate_fn=collate, shuffle=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            quiet_trainer(max_steps=1, accumulate_grad_batches=accumulate, gradient_clip_val=None).fit(
+                module, train_dataloaders=loader)
+        grads[accumulate] = module.grads
+    torch.manual_seed(0)
+    direct = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)
+    direct.loss(collate(examples)).backward()
+    reference = [p.grad for p in direct.model.parameters() if p.requires_grad]
+    assert max(g.abs().max().item() for g in reference) > 1e-4  # a gradient worth comparing
+    for one, two, ref in zip(grads[1], grads[2], reference):
+        assert (one - two).abs().max().item() <= 1e-6
+        assert (one - ref).abs().max().item() <= 1e-6
+
+
+def test_val_loss_is_the_token_weighted_mean_over_the_set(tiny_model_dir, data_dir, tokenizer):
+    from torch.utils.data import DataLoader
+
+    examples = four_unequal_examples(data_dir, tokenizer)
+    collate = Collator(tokenizer.pad_token_id, pack=False)
+    module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)
+    loader = DataLoader(examples, batch_size=2, collate_fn=collate, shuffle=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        (result,) = quiet_trainer().validate(module, dataloaders=loader, verbose=False)
+    with torch.no_grad():
+        whole = module.loss(collate(examples)).item()
+        per_batch = [module.loss(collate(examples[i:i + 2])).item() for i in (0, 2)]
+    assert abs(sum(per_batch) / 2 - whole) > 1e-3  # a mean of batch means would differ
+    assert result["val/loss"] == pytest.approx(whole, abs=1e-5)
