@@ -79,3 +79,13 @@ def test_summary_and_plot(tmp_path):
     assert s["n"] == 62 and s["share_clipped"] == pytest.approx(2 / 62) and s["median"] < s["mean"]
     out = perplexity_plot({"finetuned": a, "base": b, "with zeros": [0.0] + b[1:]}, 100.0, tmp_path / "p.png", "t")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratio_leaves_out_scores_that_are_not_positive():
+    """eval.method=gpt4all_2023 turns NaN scores into 0: those examples drop out of the ratio, counted."""
+    a, b = _scaled(n=50)
+    a[3], b[7] = 0.0, float("nan")
+    r = ratio_ci(a, b)
+    assert r["n_ratio"] == 48 and 1.0 < r["ratio"] < 1.2 and r["ci_low"] < r["ratio"] < r["ci_high"]
+    assert ratio_ci(a, b, paired=False)["n_ratio"] == 49
+    assert ratio_ci([0.0], [1.0])["n_ratio"] == 0

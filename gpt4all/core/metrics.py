@@ -250,25 +250,29 @@ def ratio_ci(a: Sequence[float], b: Sequence[float], paired: bool = True, confid
              seed: int = 0, n_resamples: int = 9999) -> dict[str, float]:
     """Effect size of model a against model b: the median of the per-example ratios a_i / b_i (paired) or the
     ratio of the medians (unpaired), with a seeded percentile bootstrap confidence interval
-    (scipy.stats.bootstrap; percentile rather than BCa because clipped perplexities make many tied ratios)."""
+    (scipy.stats.bootstrap; percentile rather than BCa because clipped perplexities make many tied ratios).
+    Scores that are not positive and finite (0 stands for NaN under eval.method=gpt4all_2023) are left out;
+    `n_ratio` counts the examples used."""
     import numpy as np
     from scipy import stats
 
     x, y = np.asarray(a, float), np.asarray(b, float)
-    rng = np.random.default_rng(seed)
+    ok = lambda v: np.isfinite(v) & (v > 0)  # noqa: E731
     if paired:
-        ratios = x / y
-        estimate = float(np.median(ratios))
-        if len(ratios) < 2 or np.all(ratios == ratios[0]):
-            return {"ratio": estimate, "ci_low": estimate, "ci_high": estimate, "confidence": confidence}
-        res = stats.bootstrap((ratios,), np.median, confidence_level=confidence, n_resamples=n_resamples,
-                              method="percentile", rng=rng)
+        keep = ok(x) & ok(y)
+        samples = (x[keep] / y[keep],)
+        statistic = np.median
     else:
-        estimate = float(np.median(x) / np.median(y))
-        res = stats.bootstrap((x, y), lambda u, v, axis=-1: np.median(u, axis=axis) / np.median(v, axis=axis),
-                              confidence_level=confidence, n_resamples=n_resamples, method="percentile", rng=rng)
+        samples = (x[ok(x)], y[ok(y)])
+        statistic = lambda u, v, axis=-1: np.median(u, axis=axis) / np.median(v, axis=axis)  # noqa: E731
+    n = min(len(s) for s in samples)
+    out = {"ratio": float(statistic(*samples)) if n else float("nan"), "confidence": confidence, "n_ratio": n}
+    if n < 2 or all(np.all(s == s[0]) for s in samples):  # no spread to resample
+        return {**out, "ci_low": out["ratio"], "ci_high": out["ratio"]}
+    res = stats.bootstrap(samples, statistic, confidence_level=confidence, n_resamples=n_resamples,
+                          method="percentile", rng=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
-    return {"ratio": estimate, "ci_low": float(lo), "ci_high": float(hi), "confidence": confidence}
+    return {**out, "ci_low": float(lo), "ci_high": float(hi)}
 
 
 def compare_perplexities(a: Sequence[float], b: Sequence[float], paired: bool = True, alternative: str = "less",
