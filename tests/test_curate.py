@@ -100,6 +100,20 @@ def test_exact_dedup_keeps_the_first_after_normalisation():
     assert dup_of.tolist() == [-1, -1, 0, -1]  # r5 duplicates r0; the last row was already dropped
 
 
+def test_exact_dedup_hashes_each_field_on_its_own():
+    """A pair is a duplicate only when prompt and response each match (after normalisation): moving a word
+    across the field boundary makes a different pair; case and whitespace inside a field do not."""
+    f = ExactDedupFilter()
+    rows = [{"prompt": "a b", "response": "c"}, {"prompt": "a", "response": "b c"},
+            {"prompt": "A  b", "response": " c\n"}, {"prompt": "a b\nc", "response": ""},
+            {"prompt": "a b", "response": "d"}]
+    keys = f.keys(rows)
+    assert keys["hash"].shape == (5, 2)
+    assert f.select(keys, np.ones(5, bool)).tolist() == [-1, -1, 0, -1, -1]
+    responses_only = ExactDedupFilter(fields=["response"])
+    assert responses_only.select(responses_only.keys(rows), np.ones(5, bool)).tolist() == [-1, -1, 0, -1, -1]
+
+
 def compose_cfg(tmp_path, overrides=()):
     with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose("curate", overrides=["logger=none", f"paths.output_dir={tmp_path}", *overrides],

@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import json
 import math
+import statistics
 from pathlib import Path
 
 import gguf
@@ -207,8 +208,9 @@ def test_gptq_4bit_calibrates_on_curated_data_and_loads(train_run, tmp_path_fact
     qcfg = json.loads((Path(m["outputs"]["artifact"]) / "config.json").read_text())["quantization_config"]
     assert (qcfg["bits"], qcfg["group_size"], qcfg["desc_act"]) == (4, 32, False)
     model = AutoModelForCausalLM.from_pretrained(m["outputs"]["artifact"], device_map="cpu")
-    assert "QuantLinear" in type(model.model.layers[0].self_attn.q_proj).__name__ or \
-        "Linear" in type(model.model.layers[0].self_attn.q_proj).__name__
+    q_proj = model.model.layers[0].self_attn.q_proj  # a GPTQ layer: packed 4-bit weights in int32, groups of 32
+    assert (getattr(q_proj, "bits", None), getattr(q_proj, "group_size", None)) == (4, 32), type(q_proj)
+    assert q_proj.qweight.dtype == torch.int32
     assert math.isfinite(model(torch.tensor([[1, 2, 3]])).logits.sum().item())
 
 
@@ -232,7 +234,13 @@ def test_evaluate_compares_any_models(train_run, q4_run, lora_run, bnb_run, tmp_
     assert ppl["base:tiny_random"] != pytest.approx(ppl["finetuned"], rel=1e-3)
     assert [(t["a"], t["b"], t["test"]) for t in res["tests"]] == [
         ("finetuned", "base:tiny_random", "wilcoxon"), ("finetuned-q4_0", "finetuned", "wilcoxon")]
-    assert all(0 <= t["p_value"] <= 1 for t in res["tests"])
+    one_sided, quantization = res["tests"]  # finetuned vs base: "lower?"; quantized vs finetuned: two-sided cost
+    assert (one_sided["alternative"], quantization["alternative"]) == ("less", "two-sided")
+    assert quantization["role"] == "quantization" and quantization["summary"].startswith("finetuned-q4_0 costs ")
+    for t in res["tests"]:
+        a, b = res["models"][t["a"]]["perplexity"], res["models"][t["b"]]["perplexity"]
+        assert t["ratio"] == pytest.approx(statistics.median(x / y for x, y in zip(a, b)))
+        assert t["ci_low"] <= t["ratio"] <= t["ci_high"]
     (trade,) = res["tradeoffs"]
     assert trade["model"] == "finetuned-q4_0" and trade["size_mb"] < trade["unquantized_mb"]
     assert "median_change_pct" in trade and trade["tokens_per_s"] > 0

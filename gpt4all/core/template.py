@@ -34,28 +34,17 @@ def encode_pair(
     response: str,
     max_length: int,
     add_suffix: bool = True,
-    truncation: str = "prompt_left",
 ) -> tuple[list[int], list[int]]:
     """Token ids of prompt + response and labels that are IGNORE_INDEX on the prompt.
 
     `encode` turns text into ids without adding special tokens (HF: `tok.encode(t, add_special_tokens=False)`,
     llama.cpp: `llm.tokenize(t.encode(), add_bos=False, special=True)`), so both backends score the same tokens.
-    Truncation, when prompt + response exceed `max_length`:
-    - `prompt_left`: the prompt is cut from the left; the response is kept whole when it fits and cut from the
-      right otherwise.
-    - `gpt4all_2023` (the original GPT4All training code): a prompt of max_length // 2 tokens or more is first
-      cut to its first min(max_length // 2, len(prompt) // 2) characters; then prompt + response is cut at
-      max_length from the right (the response's end, eos included, may be lost).
+    Truncation (`train.truncation=prompt_left`), when prompt + response exceed `max_length`: the prompt is cut
+    from the left; the response is kept whole when it fits and cut from the right otherwise. (`gpt4all_2023`,
+    the original training code's token stream, is gpt4all.train.data.encode_gpt4all_2023.)
     """
-    check_truncation(truncation)
     prompt_ids = list(encode(render_prompt(template, prompt)))
     text = response + (_field(template, "response_suffix") if add_suffix else "")
-    if truncation == "gpt4all_2023":
-        half = max_length // 2
-        if len(prompt_ids) >= half:
-            prompt_ids = list(encode(render_prompt(template, prompt[: min(half, len(prompt) // 2)])))[:half]
-        ids = (prompt_ids + list(encode(text)))[:max_length]
-        return ids, [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
     response_ids = list(encode(text))[:max_length - 1]
     keep_prompt = max(1, max_length - len(response_ids))
     prompt_ids = prompt_ids[-keep_prompt:]

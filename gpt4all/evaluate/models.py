@@ -91,8 +91,8 @@ def candidates(cfg: DictConfig) -> list[Candidate]:
 
 
 def comparisons(cfg: DictConfig, models: list[Candidate]) -> list[tuple[str, str]]:
-    """Pairs (a, b) to test 'a has lower perplexity than b': evaluate.compare, else finetuned < base and
-    quantized < finetuned (the latter expected to fail: it measures what quantization costs)."""
+    """Pairs (a, b) to compare: evaluate.compare, else finetuned vs base (one-sided: lower?) and quantized vs
+    finetuned (two-sided, with what quantization costs; see evaluate.stage.is_quantization)."""
     names = [c.name for c in models]
     if cfg.evaluate.compare:
         pairs = [tuple(p) for p in cfg.evaluate.compare]
