@@ -26,15 +26,18 @@ HERE = Path(__file__).resolve().parent
 def train_summary(run_dir: Path) -> dict:
     """Steps, tokens (all real tokens of the packed rows, and the loss-carrying ones) and losses of a run."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    tokens = 0.0
+    tokens, losses = 0.0, []
     with (run_dir / "lightning" / "metrics.csv").open() as f:
         for row in csv.DictReader(f):
             if row.get("train/tokens_per_s") and row.get("train/s_per_batch"):
                 tokens += float(row["train/tokens_per_s"]) * float(row["train/s_per_batch"])
+            if row.get("train/loss"):
+                losses.append(float(row["train/loss"]))
     m = manifest["metrics"]
     return {"steps": m["steps"], "tokens": round(tokens), "label_tokens": m["tokens_seen"],
             "train_examples": m["train_examples"], "val_examples": m["val_examples"],
-            "train_loss": m["train_loss"], "val_loss": m["val_loss"]}
+            "first_train_loss": losses[0] if losses else None, "last_train_loss": losses[-1] if losses else None,
+            "val_loss": m["val_loss"]}
 
 
 def main(out: Path) -> None:

@@ -8,10 +8,10 @@ cd "$(dirname "$0")/../.."
 export WANDB_MODE=offline
 OUT=outputs/p3_ablation
 SEEDS="${SEEDS:-1 2 3}"
-STEPS="${STEPS:-24}"          # optimizer steps of 4 packed rows x 512 tokens: equal training tokens in both arms
-LIMIT="${LIMIT:-126}"         # Self-Instruct items scored per model (the first LIMIT of 252)
+STEPS="${STEPS:-6}"          # optimizer steps of 4 packed rows x 512 tokens: equal training tokens in both arms
+LIMIT="${LIMIT:-40}"         # Self-Instruct items scored per model (the first LIMIT of 252), to fit the time
 DATA="data/source=[sample,p3_local] data.sources.p3_local.sample_size=200"
-TRAIN="train.packing=pack train.pack_length=512 train.batch_size=4 train.warmup_steps=3 trainer.max_steps=$STEPS \
+TRAIN="train.packing=pack train.pack_length=512 train.batch_size=4 train.warmup_steps=1 trainer.max_steps=$STEPS \
   trainer.max_epochs=-1 trainer.precision=bf16-mixed trainer.check_val_every_n_epoch=1000 ~callbacks.generation"
 phase="${1:-all}"
 
@@ -22,10 +22,11 @@ if [[ $phase == curate || $phase == all ]]; then
   gpt4all-curate $DATA curate.input_dir=$OUT/collect 'curation.diversity.keep_sources=[p3]' hydra.run.dir=$OUT/with_p3/curate
   gpt4all-curate $DATA curate.input_dir=$OUT/collect 'curation.diversity.drop_sources=[p3]' hydra.run.dir=$OUT/without_p3/curate
 fi
-if [[ $phase == train || $phase == all ]]; then
+if [[ $phase == train || $phase == evaluate || $phase == all ]]; then  # evaluate: train what is missing first
   for seed in $SEEDS; do
     for arm in with_p3 without_p3; do
       [[ -f $OUT/$arm/train_seed$seed/manifest.json ]] && continue
+      rm -rf $OUT/$arm/train_seed$seed  # a run that did not finish
       gpt4all-train $TRAIN seed=$seed train.data_dir=$OUT/$arm/curate hydra.run.dir=$OUT/$arm/train_seed$seed
     done
   done

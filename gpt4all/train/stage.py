@@ -108,11 +108,12 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     if ckpt:
         log.info("resuming from %s", ckpt)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    train_loss = _metric(trainer, "train/loss")  # before validate(), which resets the callback metrics
     if datamodule.num_val_examples and module.last_val_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # val_loss of the final weights
 
     metrics = {
-        "train_loss": _metric(trainer, "train/loss"),
+        "train_loss": train_loss,
         "val_loss": _metric(trainer, "val/loss"),
         "steps": trainer.global_step,
         "train_examples": datamodule.num_train_examples,
