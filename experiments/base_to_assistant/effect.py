@@ -2,7 +2,8 @@
 with a seeded bootstrap 95 % CI, the median perplexity ratio, the share of items where `a` is lower, the
 matched-pairs rank-biserial correlation and the stage's one-sided Wilcoxon p-value.
 
-Usage: python experiments/base_to_assistant/effect.py outputs/.../evaluate/results.json > effect.json
+Usage: python experiments/base_to_assistant/effect.py outputs/.../evaluate/results.json effect.json > results.md
+(the numbers as JSON, a markdown table on stdout)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def effect(a: list[float], b: list[float], resamples: int = 10_000, seed: int = 
             "rank_biserial": float((minus - plus) / (minus + plus)) if plus + minus else 0.0}
 
 
-def main(path: Path) -> None:
+def main(path: Path, out_json: Path) -> None:
     res = json.loads(path.read_text())
     models = res["models"]
     out = {"examples": res["examples"], "method": res["method"],
@@ -38,8 +39,18 @@ def main(path: Path) -> None:
         nll_b = [float("nan") if x is None else x for x in models[b]["nll"]]
         out["pairs"].append({"a": a, "b": b, **effect(nll_a, nll_b), "wilcoxon_p_a_lower": t["p_value"],
                              "median_ppl_ratio": models[a]["median_perplexity"] / models[b]["median_perplexity"]})
-    print(json.dumps(out, indent=2))
+    out_json.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"{res['examples']} Self-Instruct items, method `{res['method']}`, perplexity clipped at {res['clip']}.\n")
+    print("| model | median perplexity | mean perplexity | clipped |\n|---|---|---|---|")
+    for name, m in models.items():
+        print(f"| {name} | {m['median_perplexity']:.3f} | {m['mean_perplexity']:.3f} | {m['clipped']} |")
+    print("\n| a vs b | mean NLL diff a-b (nats/token) [95 % CI] | median ppl ratio | share a lower | "
+          "rank-biserial | Wilcoxon p (a lower) |\n|---|---|---|---|---|---|")
+    for r in out["pairs"]:
+        print(f"| {r['a']} vs {r['b']} | {r['mean_nll_diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | "
+              f"{r['median_ppl_ratio']:.3f} | {r['share_a_lower']:.1%} | {r['rank_biserial']:+.3f} | "
+              f"{r['wilcoxon_p_a_lower']:.2g} |")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

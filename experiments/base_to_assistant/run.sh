@@ -11,7 +11,7 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg); start=$(date +%s)
 gpt4all-pipeline experiment=base_to_assistant \
   eval.path=../shared/data/self_instruct/user_oriented_instructions.jsonl hydra.run.dir=$OUT
 pipeline_s=$(( $(date +%s) - start ))
-python $HERE/effect.py $OUT/evaluate/results.json > $HERE/effect.json
+python $HERE/effect.py $OUT/evaluate/results.json $HERE/effect.json > $HERE/results.md
 python $HERE/answers.py $OUT > $HERE/answers.md
 cp $OUT/summary.json $OUT/config.yaml $OUT/curate/funnel.md $OUT/evaluate/perplexity.png $HERE/
 cat > $HERE/run.json <<JSON
