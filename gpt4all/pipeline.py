@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpt4all.core.app import hydra_app
-from gpt4all.core.cache import StageCache, stage_key
+from gpt4all.core.cache import StageCache, key_of, key_parts
 from gpt4all.core.config import config_hash, validate
 from gpt4all.core.manifest import write_json
 from gpt4all.core.tracking import is_multirun, run_stage, save_config
@@ -42,6 +42,19 @@ def stage_runner(stage: str) -> Callable[..., dict[str, Any]]:
     return importlib.import_module(f"gpt4all.{stage}.stage").run
 
 
+def preflight(cfg: DictConfig, stages: list[str]) -> list[str]:
+    """Checks that would otherwise fail only after earlier stages' work; the stages to run. With data.pairs the
+    pairs replace collect; a model.pretrained that cannot be loaded here fails now, naming it."""
+    if cfg.data.get("pairs") and "collect" in stages:
+        log.info("[pipeline] data.pairs given: no collect; curate reads the pairs")
+        stages = [s for s in stages if s != "collect"]
+    if cfg.model.source == "hf" and {"train", "evaluate"} & set(stages):
+        from gpt4all.core.models import check_pretrained
+
+        check_pretrained(cfg.model.pretrained)
+    return stages
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
     """Run the configured stages in order, reusing cached ones; write and return summary.json's content."""
     cfg = validate(cfg)
@@ -49,27 +62,29 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     group = group or f"pipeline-{run_dir.name}"
-    stages = list(cfg.pipeline.stages)
+    stages = preflight(cfg, list(cfg.pipeline.stages))
     cache = StageCache(cfg.stage_cache.dir)
     reusable = set(stages) if is_multirun() and cfg.pipeline.skip_finished else set(cfg.stage_cache.enabled)
     reusable -= set(cfg.stage_cache.force)
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "config_hash": config_hash(cfg), "stages": {}}
-    previous_key = None
     for stage in stages:
-        key = stage_key(cfg, stage, previous_key)
-        stage_dir = cache.lookup(stage, key) if stage in reusable else None
+        parts = key_parts(cfg, stage)
+        stage_dir, why = cache.lookup(stage, parts) if stage in reusable else (None, "")
+        if stage in cfg.stage_cache.force:
+            why = "forced by stage_cache.force"
         if stage_dir is not None:
             log.info("[%s] cached: reusing %s (key %s; force a re-run with stage_cache.force=[%s])",
-                     stage, stage_dir, key, stage)
+                     stage, stage_dir, key_of(parts), stage)
             result = {**read_result(stage_dir), "reused": True}
         else:
+            if why:
+                log.info("[%s] %s: %s", stage, "running" if why.startswith("no earlier") else "re-running", why)
             stage_dir = run_dir / stage
-            result = {**run_stage(stage, cfg, stage_dir, stage_runner(stage), group=group, input_key=previous_key),
+            result = {**run_stage(stage, cfg, stage_dir, stage_runner(stage), group=group, parts=parts),
                       "reused": False}
-            cache.store(stage, key, stage_dir)
+            cache.store(stage, parts, stage_dir)
         summary["stages"][stage] = {"dir": str(stage_dir), **result}
-        previous_key = key
         with open_dict(cfg):
             for target in WIRING[stage]:
                 section, name = target.split(".")

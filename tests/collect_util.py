@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 
 from gpt4all.collect.stage import run
-from gpt4all.core.config import CONF_DIR
+from gpt4all.core.config import CONF_PACKAGE
 from gpt4all.core.tracking import run_stage
 
 FAST = ["logger=none", "collect.progress=false", "teacher=openai_compatible", "teacher.model=fake",
@@ -26,7 +26,7 @@ def overrides(out: Path, base_url: str, *extra: str) -> list[str]:
 
 def run_collect(out: Path, base_url: str, *extra: str, name: str = "run") -> dict[str, Any]:
     """Run the collect stage in-process, as gpt4all-collect would; returns its result, manifest and records."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose(config_name="collect", overrides=overrides(out, base_url, *extra), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     run_dir = out / "collect" / name

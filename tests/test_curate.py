@@ -8,10 +8,10 @@ import json
 import datasets
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 
-from gpt4all.core.config import CONF_DIR, ConfigError, validate
+from gpt4all.core.config import CONF_PACKAGE, ConfigError, validate
 from gpt4all.core.jsonl import JsonlError, write_jsonl
 from gpt4all.core.manifest import read_manifest, write_manifest
 from gpt4all.core.tracking import Tracker
@@ -82,6 +82,7 @@ LOOP = "the answer is " * 60
     (LanguageFilter(["en"]), rec(0, response="Ceci est une phrase en français, écrite pour le test."),
      (False, "language:fr")),
     (LanguageFilter(["en"]), rec(0, response="This is an English sentence written for the test."), True),
+    (LanguageFilter(["en"]), rec(0, response="12345 + 67890 = 80235; 3 * 7 = 21 !!"), (False, "language:undetected")),
 ])
 def test_filter_verdicts(flt, row, expected):
     assert flt.filter(row) == expected
@@ -99,8 +100,22 @@ def test_exact_dedup_keeps_the_first_after_normalisation():
     assert dup_of.tolist() == [-1, -1, 0, -1]  # r5 duplicates r0; the last row was already dropped
 
 
+def test_exact_dedup_hashes_each_field_on_its_own():
+    """A pair is a duplicate only when prompt and response each match (after normalisation): moving a word
+    across the field boundary makes a different pair; case and whitespace inside a field do not."""
+    f = ExactDedupFilter()
+    rows = [{"prompt": "a b", "response": "c"}, {"prompt": "a", "response": "b c"},
+            {"prompt": "A  b", "response": " c\n"}, {"prompt": "a b\nc", "response": ""},
+            {"prompt": "a b", "response": "d"}]
+    keys = f.keys(rows)
+    assert keys["hash"].shape == (5, 2)
+    assert f.select(keys, np.ones(5, bool)).tolist() == [-1, -1, 0, -1, -1]
+    responses_only = ExactDedupFilter(fields=["response"])
+    assert responses_only.select(responses_only.keys(rows), np.ones(5, bool)).tolist() == [-1, -1, 0, -1, -1]
+
+
 def compose_cfg(tmp_path, overrides=()):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose("curate", overrides=["logger=none", f"paths.output_dir={tmp_path}", *overrides],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

@@ -68,6 +68,8 @@ def test_near_dedup_finds_planted_near_duplicates(codegen):
 
 
 def test_diversity_rule_drops_p3_keeps_a_diverse_source_and_draws_maps(tmp_path, p3, codegen):
+    """A regression check on the real P3 sample (the data the thresholds were chosen on, so it cannot show that
+    they generalise: test_diversity_rule_separates_sources_it_was_not_tuned_on does) and the maps."""
     rng = random.Random(1)
     rows = []
     for i, r in enumerate(rng.sample(p3, 1200) + rng.sample(codegen, 1200)):
@@ -97,3 +99,34 @@ def test_diversity_rule_drops_p3_keeps_a_diverse_source_and_draws_maps(tmp_path,
     assert sum(t["size"] for t in topics["topics"]) == 600 and all(t["keywords"] for t in topics["topics"])
     # P3's templated prompts form the dense clusters the paper saw in Atlas
     assert any(max(t["sources"], key=t["sources"].get) == "p3" for t in topics["homogeneous_clusters"])
+
+
+def _synthetic_sources(n: int = 300, seed: int = 7) -> list[dict]:
+    """Two made-up sources the thresholds were never tuned on: `templated` (one prompt template around a random
+    passage, one-word answers from three choices, as P3's classification tasks) and `varied` (prompts and
+    answers of random pseudo-words, free openings, lengths from 10 to 200 words)."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(5000)]
+    words = lambda k: " ".join(rng.choice(vocab) for _ in range(k))  # noqa: E731
+    rows = []
+    for i in range(n):
+        rows.append({"source": "templated", "prompt": f"Read the passage: {words(10)}. Question: is the passage "
+                     f"about {rng.choice(vocab)}? Answer yes, no or maybe.", "response": rng.choice(["Yes", "No", "Maybe"])})
+        rows.append({"source": "varied", "prompt": f"{words(rng.randint(6, 30))}?",
+                     "response": words(int(rng.lognormvariate(3.6, 0.6)) + 10) + "."})
+    return [{"id": f"s{i}", **r, "finish_reason": "stop", "error": None, "usage": None} for i, r in enumerate(rows)]
+
+
+def test_diversity_rule_separates_sources_it_was_not_tuned_on(tmp_path):
+    """The default thresholds (chosen on the real P3 sample) flag a template-homogeneous synthetic source and
+    pass a diverse one."""
+    result, out = _run(tmp_path, _synthetic_sources(), ["curation.diversity.sample_size=250",
+                                                        "curation.maps.enabled=false", "curate.num_proc=1"])
+    report = json.loads((out / "diversity.json").read_text())
+    templated, varied = report["templated"], report["varied"]
+    assert templated["rows"] >= 200 and varied["rows"] >= 200  # both judged (min_rows), nothing deduplicated away
+    assert templated["flagged"] and templated["dropped"]
+    assert {"unique_response_share", "median_tokens", "top_prefix_share", "length_cv"} <= set(templated["failed"])
+    assert not varied["flagged"] and varied["failed"] == []
+    assert result["dropped_sources"] == ["templated"] and result["kept_per_source"]["varied"] == varied["rows"]

@@ -105,11 +105,15 @@ def test_logit_check_detects_a_wrong_qk(tiny_model_dir, sharp_f32, tokens):
     assert float(np.abs(got - ref).max()) > 0.1 * float(np.abs(got).max())
 
 
-def test_quantize_q8_0_and_generate(tiny_f16, tmp_path):
+def test_quantize_q8_0_keeps_the_logits_and_generates(tiny_f16, tokens, tmp_path):
+    """q8_0 is near-lossless: its logits stay within 5 % of the f16 file's range and greedy decoding picks the
+    same continuation."""
     dst = qg.quantize_gguf(tiny_f16, tmp_path / "tiny-q8_0.gguf", "q8_0")
     assert dst.is_file() and dst.stat().st_size < tiny_f16.stat().st_size
-    text = qg.generate(dst, "Hello", max_tokens=8)
-    assert isinstance(text, str)
+    ref, got = _llama_logits(tiny_f16, tokens), _llama_logits(dst, tokens)
+    assert not np.array_equal(got, ref)  # really re-quantized
+    assert float(np.abs(got - ref).max()) < 0.05 * float(np.abs(ref).max())
+    assert qg.generate(dst, TEXT, max_tokens=8) == qg.generate(tiny_f16, TEXT, max_tokens=8)
 
 
 def _smollm2_f16(cache_dir: str, tmp_path: Path, pre_tokenizer: str | None = None) -> Path:

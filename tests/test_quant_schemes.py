@@ -7,15 +7,16 @@ import importlib.util
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 import gguf
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from gpt4all.core.config import CONF_DIR
+from gpt4all.core.config import CONF_PACKAGE
 from gpt4all.core.lm import GGUFLM, Spec, load_lm, resolve_run_dir, score_nll
 from gpt4all.core.manifest import read_manifest, write_manifest
 from gpt4all.core.models import load_model, load_tokenizer, smollm2_gguf_path
@@ -29,7 +30,7 @@ HAS_GPTQ = importlib.util.find_spec("gptqmodel") is not None
 def compose_cfg(stage: str, overrides: list[str]):
     from hydra.core.hydra_config import HydraConfig
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose(config_name=stage, overrides=["model=tiny_random", "logger=none", *overrides],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
@@ -232,8 +233,9 @@ def test_gptq_4bit_calibrates_on_curated_data_and_loads(train_run, tmp_path_fact
     qcfg = json.loads((Path(m["outputs"]["artifact"]) / "config.json").read_text())["quantization_config"]
     assert (qcfg["bits"], qcfg["group_size"], qcfg["desc_act"]) == (4, 32, False)
     model = AutoModelForCausalLM.from_pretrained(m["outputs"]["artifact"], device_map="cpu")
-    assert "QuantLinear" in type(model.model.layers[0].self_attn.q_proj).__name__ or \
-        "Linear" in type(model.model.layers[0].self_attn.q_proj).__name__
+    q_proj = model.model.layers[0].self_attn.q_proj  # a GPTQ layer: packed 4-bit weights in int32, groups of 32
+    assert (getattr(q_proj, "bits", None), getattr(q_proj, "group_size", None)) == (4, 32), type(q_proj)
+    assert q_proj.qweight.dtype == torch.int32
     assert math.isfinite(model(torch.tensor([[1, 2, 3]])).logits.sum().item())
 
 
@@ -257,7 +259,13 @@ def test_evaluate_compares_any_models(train_run, q4_run, lora_run, bnb_run, tmp_
     assert ppl["base:tiny_random"] != pytest.approx(ppl["finetuned"], rel=1e-3)
     assert [(t["a"], t["b"], t["test"]) for t in res["tests"]] == [
         ("finetuned", "base:tiny_random", "wilcoxon"), ("finetuned-q4_0", "finetuned", "wilcoxon")]
-    assert all(0 <= t["p_value"] <= 1 for t in res["tests"])
+    one_sided, quantization = res["tests"]  # finetuned vs base: "lower?"; quantized vs finetuned: two-sided cost
+    assert (one_sided["alternative"], quantization["alternative"]) == ("less", "two-sided")
+    assert quantization["role"] == "quantization" and quantization["summary"].startswith("finetuned-q4_0 costs ")
+    for t in res["tests"]:
+        a, b = res["models"][t["a"]]["perplexity"], res["models"][t["b"]]["perplexity"]
+        assert t["ratio"] == pytest.approx(statistics.median(x / y for x, y in zip(a, b)))
+        assert t["ci_low"] <= t["ratio"] <= t["ci_high"]
     (trade,) = res["tradeoffs"]
     assert trade["model"] == "finetuned-q4_0" and trade["size_mb"] < trade["unquantized_mb"]
     assert "median_change_pct" in trade and trade["tokens_per_s"] > 0

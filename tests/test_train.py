@@ -29,9 +29,11 @@ TEMPLATE = OmegaConf.create(
 )
 LORA = OmegaConf.create(
     {
+        "_target_": "peft.LoraConfig",
+        "task_type": "CAUSAL_LM",
         "r": 8,
-        "alpha": 16,
-        "dropout": 0.0,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "bias": "none",
     }
@@ -141,23 +143,76 @@ def test_split_is_seeded_and_disjoint(data_dir, tokenizer):
     assert split(1)[1] != val_a or split(2)[1] != val_a
 
 
-def test_gpt4all_2023_truncation_cuts_long_prompts_by_characters_first(tokenizer):
-    """The original release: a prompt of max_length // 2 tokens or more keeps its first min(max_length // 2,
-    len // 2) characters, then prompt + response is cut at max_length from the right."""
-    enc = lambda t: tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
-    text = OmegaConf.create({"prompt": "{prompt}\n", "response_suffix": "{eos}"})
-    long_prompt, response = "word " * 200, "answer " * 300
-    ids, labels = encode_pair(enc, text, long_prompt, response, 128, truncation="gpt4all_2023")
-    cut = enc(long_prompt[:64] + "\n")  # min(128 // 2, 1000 // 2) characters
-    assert ids[: len(cut)] == cut and labels[: len(cut)] == [IGNORE_INDEX] * len(cut)
-    assert len(ids) == 128 and labels[len(cut):] == ids[len(cut):]  # the response fills the rest, cut at the end
-    # a short prompt is left alone; the default rule keeps the response and cuts the prompt from the left instead
-    ids, labels = encode_pair(enc, text, "short", response, 128, truncation="gpt4all_2023")
-    assert ids[: len(enc("short\n"))] == enc("short\n") and len(ids) == 128
-    ids, labels = encode_pair(enc, text, long_prompt, "ok", 128)
-    assert labels.count(IGNORE_INDEX) == 128 - len(enc("ok{eos}")) and ids[-len(enc("ok{eos}")):] == enc("ok{eos}")
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer(tmp_path_factory):
+    """A LLaMA-style tokenizer (SentencePiece BPE with byte fallback, BOS added), trained offline on a few
+    sentences and loaded by transformers' LlamaTokenizer."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    sentences = [p + " " + r for p, r in PAIRS] * 10
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, minloglevel=2)
+    out = tmp_path_factory.mktemp("spm")
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    tok = LlamaTokenizer.from_pretrained(str(out), add_bos_token=True)
+    tok.pad_token = tok.eos_token  # as the original training script set it
+    return tok
+
+
+def original_tokenize_inputs(tokenizer, prompt: str, response: str, max_length: int):
+    """The steps of the original GPT4All `data.py` (`tokenize_inputs`, 2023) for one pair, without its padding."""
+    newline_tokens = tokenizer("\n", return_tensors="pt")["input_ids"][0]
+    if newline_tokens[0] == tokenizer.bos_token_id:
+        newline_tokens = newline_tokens[1:]
+    prompt_len = len(tokenizer(prompt, return_tensors="pt")["input_ids"][0])
+    if prompt_len >= max_length // 2:
+        prompt = prompt[:min(max_length // 2, len(prompt) // 2)]
+        prompt_len = tokenizer(prompt, return_tensors="pt", max_length=max_length // 2,
+                               truncation=True).input_ids.ne(tokenizer.pad_token_id).sum().item()
+    input_tokens = tokenizer(prompt + "\n" + response + tokenizer.eos_token, truncation=True, max_length=max_length,
+                             return_tensors="pt")["input_ids"].squeeze()
+    labels = input_tokens.clone()
+    labels[:prompt_len + len(newline_tokens)] = -100
+    return input_tokens.tolist(), labels.tolist()
+
+
+def test_gpt4all_2023_reproduces_the_original_token_stream(sentencepiece_tokenizer, tmp_path):
+    """train.truncation=gpt4all_2023 with the gpt4all_2023 template gives the original script's ids and labels:
+    one call with BOS, the mask from the prompt's own tokenization, a long prompt cut by characters first, the
+    joint text cut at max_length."""
+    tok, max_length = sentencepiece_tokenizer, 48
+    pairs = PAIRS[:6] + [
+        ("Write a function that reverses a string. " * 4, "def reverse(s): return s[::-1]"),  # prompt cut first
+        ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet. " * 6),                   # response cut at the end
+        ("Say hello.", "Zyx unseen qwv words fall back to bytes."),
+    ]
+    template = resolve_template(OmegaConf.create({"style": "text", "prompt": "{prompt}\n",
+                                                  "response_suffix": "{eos}"}), tok)
+    dm = ChatDataModule(save_pairs(tmp_path / "ds", pairs), tok, template, max_length=max_length, batch_size=2,
+                        val_fraction=0.0, truncation="gpt4all_2023", eval_guard=False)
+    dm.setup()
+    got = sorted((e["input_ids"], e["labels"]) for e in dm.train_examples)
+    want = sorted(original_tokenize_inputs(tok, p, r, max_length) for p, r in pairs)
+    assert got == want
+    cut = [ids for ids, _ in want if len(ids) == max_length]
+    assert len(cut) >= 2  # the truncation paths ran
+    # the stream the old rule produced (prompt and response encoded apart, no BOS) differs: BOS, and the
+    # response's first piece has no word-start marker inside the joint text
+    prompt, response = "What is the capital of France?", "Paris is nice."
+    ids, labels = original_tokenize_inputs(tok, prompt, response, max_length)
+    n_prompt = len(tok(prompt)["input_ids"])  # BOS included
+    assert ids[0] == tok.bos_token_id and tok.convert_ids_to_tokens(ids[n_prompt]) == "<0x0A>"
+    assert len(tok("\n")["input_ids"]) - 1 == 2  # "\n" alone: "▁" + "<0x0A>"; one token inside the joint text
+    assert labels.count(IGNORE_INDEX) == n_prompt + 2  # so the response's first token is masked, as originally
+    assert ids[n_prompt + 1] != tok.encode(response, add_special_tokens=False)[0]  # "P..." in the text, "▁P..." alone
     with pytest.raises(ValueError, match="train.truncation"):
-        encode_pair(enc, text, "p", "r", 128, truncation="middle")
+        ChatDataModule(tmp_path / "ds", tok, template, truncation="middle")
 
 
 def test_labels_mask_prompt_and_padding(data_dir, tokenizer):
@@ -330,7 +385,7 @@ def test_cast_weight_reuses_a_frozen_cast_until_the_weight_changes():
 
 
 def test_cpu_dropout_replaces_lora_dropout_with_the_same_distribution(tiny_model_dir):
-    module = LoRAModule(load_base(tiny_model_dir), OmegaConf.merge(LORA, {"dropout": 0.2}), lr=1e-3)
+    module = LoRAModule(load_base(tiny_model_dir), OmegaConf.merge(LORA, {"lora_dropout": 0.2}), lr=1e-3)
     drops = [m for m in module.modules() if isinstance(m, CPUDropout)]
     assert len(drops) == 2 * len(LORA.target_modules)  # every adapted layer of the 2-layer model
     drop, x = drops[0], torch.ones(400, 500)
@@ -636,3 +691,67 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, data_di
         grads.append([p.grad.clone() for p in module.model.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+class GradsAtStep(LoRAModule):
+    """Records the gradient the optimizer will apply (after the token weighting of the step)."""
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        self.grads = [p.grad.clone() for p in self.model.parameters() if p.requires_grad]
+
+
+def four_unequal_examples(data_dir, tokenizer) -> list[dict]:
+    """Four examples, the first two with fewer label tokens than the last two (a mean per micro-batch of 2 then
+    differs from the mean over the 4)."""
+    dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=1, val_fraction=0.0)
+    dm.setup()
+    by_len = sorted(dm.train_examples, key=lambda e: sum(t != IGNORE_INDEX for t in e["labels"]))
+    chosen = by_len[:2] + by_len[-2:]
+    counts = [sum(t != IGNORE_INDEX for t in e["labels"]) for e in chosen]
+    assert counts[0] + counts[1] < counts[2] + counts[3], counts
+    return [[e] for e in chosen]  # units of one example, as the data module's loaders yield them
+
+
+def test_accumulation_gives_the_token_weighted_gradient(tiny_model_dir, data_dir, tokenizer):
+    """Batch 4 x 1 accumulation and batch 2 x 2 accumulations give the same step gradient (fp32, unequal
+    lengths), and both equal the gradient of the mean token loss over the 4 examples."""
+    from torch.utils.data import DataLoader
+
+    examples = four_unequal_examples(data_dir, tokenizer)
+    collate = Collator(tokenizer.pad_token_id, pack=False)
+    grads = {}
+    for batch_size, accumulate in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        module = GradsAtStep(load_base(tiny_model_dir), LORA, lr=1e-3)
+        loader = DataLoader(examples, batch_size=batch_size, collate_fn=collate, shuffle=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            quiet_trainer(max_steps=1, accumulate_grad_batches=accumulate, gradient_clip_val=None).fit(
+                module, train_dataloaders=loader)
+        grads[accumulate] = module.grads
+    torch.manual_seed(0)
+    direct = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)
+    direct.loss(collate(examples)).backward()
+    reference = [p.grad for p in direct.model.parameters() if p.requires_grad]
+    assert max(g.abs().max().item() for g in reference) > 1e-4  # a gradient worth comparing
+    for one, two, ref in zip(grads[1], grads[2], reference):
+        assert (one - two).abs().max().item() <= 1e-6
+        assert (one - ref).abs().max().item() <= 1e-6
+
+
+def test_val_loss_is_the_token_weighted_mean_over_the_set(tiny_model_dir, data_dir, tokenizer):
+    from torch.utils.data import DataLoader
+
+    examples = four_unequal_examples(data_dir, tokenizer)
+    collate = Collator(tokenizer.pad_token_id, pack=False)
+    module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)
+    loader = DataLoader(examples, batch_size=2, collate_fn=collate, shuffle=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        (result,) = quiet_trainer().validate(module, dataloaders=loader, verbose=False)
+    with torch.no_grad():
+        whole = module.loss(collate(examples)).item()
+        per_batch = [module.loss(collate(examples[i:i + 2])).item() for i in (0, 2)]
+    assert abs(sum(per_batch) / 2 - whole) > 1e-3  # a mean of batch means would differ
+    assert result["val/loss"] == pytest.approx(whole, abs=1e-5)

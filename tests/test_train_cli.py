@@ -15,9 +15,11 @@ import pytest
 import torch
 from datasets import Dataset
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from gpt4all.core.config import to_container, validate
 from gpt4all.core.manifest import read_manifest, write_manifest
+from gpt4all.core.models import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_config import compose_cfg  # noqa: E402
@@ -69,10 +71,16 @@ def test_outputs_load_and_card_names_the_terms(first_run, curate_dir):
     m = read_manifest(first_run, "train")
     assert m["metrics"]["steps"] == 4 and m["metrics"]["val_loss"] > 0 and m["metrics"]["tokens_seen"] > 0
     assert m["inputs"]["template"]["prompt"].endswith("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
-    merged = AutoModelForCausalLM.from_pretrained(m["outputs"]["merged"])
-    base = AutoModelForCausalLM.from_pretrained(m["outputs"]["merged"])  # any base of the right shape for loading
-    assert isinstance(PeftModel.from_pretrained(base, m["outputs"]["adapter"]), PeftModel)
+    merged = AutoModelForCausalLM.from_pretrained(m["outputs"]["merged"]).eval()
     assert merged.config.num_hidden_layers == 2
+    cfg = OmegaConf.load(first_run / ".hydra" / "config.yaml")  # the run's own base: tiny_random at its seed
+    base = load_model(cfg.model, cfg.paths.cache_dir, seed=cfg.seed).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, m["outputs"]["adapter"]).eval()
+        torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)  # base + adapter == merged
+    assert not torch.allclose(base_logits, merged(ids).logits, atol=1e-6)  # and the adapter changed the base
     card = (first_run / "README.md").read_text()
     for needle in ("Use considerations", "Base model licence", "SmolLM2", "Teacher", "val_loss", '"kept": 24',
                    "r: 8", "Self-Instruct"):
@@ -152,7 +160,7 @@ def test_scale_out_trainer_configs_instantiate(option):
 
 def test_paper_preset_and_launcher_compose():
     cfg = validate(compose_cfg("train", ["experiment=gpt4all_lora_7b", "hydra/launcher=slurm"]))
-    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules)) == (8, 32, 0.1, ["q_proj", "v_proj"])
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout, list(cfg.lora.target_modules)) == (8, 32, 0.1, ["q_proj", "v_proj"])
     assert (cfg.train.lr, cfg.train.batch_size, cfg.train.warmup_steps, cfg.train.weight_decay) == (5e-5, 4, 100, 0.0)
     assert (cfg.model.max_length, cfg.seed, cfg.trainer.max_epochs, cfg.trainer.devices) == (1024, 42, 4, 8)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.stage == 2

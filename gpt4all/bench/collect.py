@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.resources
 import json
 import os
 import subprocess
@@ -30,12 +31,12 @@ from gpt4all.collect.sources import Prompt
 from gpt4all.core.manifest import write_json
 from gpt4all.core.schema.collect import TeacherSchema
 
-P3 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "p3_t0" / "p3_t0_sample.jsonl"
+PROMPTS = Path(str(importlib.resources.files("gpt4all.data") / "sample_prompts.jsonl"))
 
 
 def prompts(n: int) -> list[Prompt]:
-    """n distinct prompts: real P3 prompts when ../shared/data is there (numbered to keep them distinct)."""
-    texts = [json.loads(x)["prompt"] for x in P3.open()] if P3.is_file() else ["Say something."]
+    """n distinct prompts: the bundled sample prompts, cycled and numbered to keep them distinct."""
+    texts = [json.loads(x)["prompt"] for x in PROMPTS.open()]
     return [Prompt(str(i), f"{texts[i % len(texts)]} [{i}]", "bench") for i in range(n)]
 
 

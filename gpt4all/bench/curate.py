@@ -1,4 +1,4 @@
-"""`gpt4all-bench curate [--rows N]`: curate N synthetic pairs built from ../shared/data with the full preset.
+"""`gpt4all-bench curate [--rows N]`: curate N synthetic pairs built from a data dir (`--data-dir`, e.g. the project's shared data) with the full preset.
 
 The pairs are real P3 and GPTeacher-codegen rows, perturbed (about 15 % of the words of longer texts replaced)
 so most are distinct, plus planted exact and near duplicates and bad rows (failed, empty, truncated, refusals,
@@ -23,7 +23,6 @@ from typing import Any
 
 from gpt4all.core.manifest import read_manifest, write_json, write_manifest
 
-ROOT = Path(__file__).resolve().parents[2]
 BAD = [  # (share of rows, how to spoil a row)
     (0.010, lambda r, rng: r.update(error={"type": "APITimeoutError", "status": None, "message": "timeout"},
                                     response=None, finish_reason=None)),
@@ -121,7 +120,7 @@ def run_stage(collect_dir: Path, run_dir: Path, extra: list[str]) -> dict[str, A
            "logger=csv", *extra]
     peak = 0
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
 
     def sample() -> None:
@@ -144,14 +143,14 @@ def run_stage(collect_dir: Path, run_dir: Path, extra: list[str]) -> dict[str, A
 def per_filter(responses: Path, overrides: list[str], n: int = 20000) -> list[dict[str, Any]]:
     """rows/s of each filter of the preset, alone, in this process, on the first n rows."""
     import numpy as np
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
 
-    from gpt4all.core.config import CONF_DIR, validate
+    from gpt4all.core.config import CONF_PACKAGE, validate
     from gpt4all.core.jsonl import iter_jsonl
     from gpt4all.curate.engine import build_chain
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
         cfg = compose("curate", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     chain = build_chain(validate(cfg).curation)
@@ -180,7 +179,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--out", default="outputs/bench/curate.json")
     ap.add_argument("--work", default="outputs/bench/curate", help="where the pairs and the run dir go")
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data-dir", required=True, help="dir with p3_t0/, gpteacher/, ... (e.g. ../shared/data)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for gpt4all-curate")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """`gpt4all-bench evaluate`: batched, length-sorted perplexity (gpt4all.core.metrics) vs. a naive per-example HF
 loop on the same model and examples: speed-up and the largest difference in per-example NLL.
 
-    gpt4all-bench evaluate [--limit N] [--batch-size 8] [--suite PATH] [--out outputs/bench/evaluate.json]
+    gpt4all-bench evaluate --suite PATH [--limit N] [--batch-size 8] [--out outputs/bench/evaluate.json]
 Goal (issue 6): at least 3x faster, values identical within 1e-4.
 """
 
@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gpt4all.core.config import CONF_DIR
+from gpt4all.core.config import conf_dir
 from gpt4all.core.lm import HFLM, score_nll
 from gpt4all.core.metrics import instruction_prompt
 from gpt4all.core.models import load_model, load_tokenizer
 from gpt4all.core.template import IGNORE_INDEX, encode_pair
 
-SUITE = Path(__file__).resolve().parents[3] / "shared/data/self_instruct/user_oriented_instructions.jsonl"
 FP32_GFLOPS = 375.0  # FACTS.md: fp32 matmul ceiling of the 2 cores
 
 
@@ -42,7 +41,7 @@ def naive_loop(model, tok, template, examples, max_length: int) -> list[float]:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="gpt4all-bench evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default=str(SUITE))
+    ap.add_argument("--suite", required=True, help="Self-Instruct user_oriented_instructions.jsonl")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=512)
@@ -52,7 +51,7 @@ def main(argv: list[str]) -> int:
 
     from gpt4all.evaluate.suites import load_suite
 
-    model_cfg = OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml")
+    model_cfg = OmegaConf.load(conf_dir() / "model" / "smollm2_135m.yaml")
     ev = OmegaConf.create({"name": "self_instruct", "format": "self_instruct", "path": args.suite, "limit": args.limit})
     examples = [e.triple() for e in load_suite(ev)]
     model, tok = load_model(model_cfg, args.cache_dir), load_tokenizer(model_cfg, args.cache_dir)

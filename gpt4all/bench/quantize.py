@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gpt4all.core.config import CONF_DIR
+from gpt4all.core.config import conf_dir
 from gpt4all.core.lm import GGUFLM, HFLM, score_nll
 from gpt4all.core.metrics import perplexities
 from gpt4all.core.models import load_model, load_tokenizer
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     from gpt4all.quantize.gguf import quantize_gguf
     from gpt4all.quantize.hf_quant import weights_size_mb
 
-    model_cfg = OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml")
+    model_cfg = OmegaConf.load(conf_dir() / "model" / "smollm2_135m.yaml")
     ev = OmegaConf.create({"name": "b", "format": "self_instruct" if args.suite else "pairs", "path": args.suite,
                            "limit": args.limit})
     examples = [e.triple() for e in load_suite(ev)]

@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from gpt4all.core.config import CONF_DIR
+from gpt4all.core.config import conf_dir
 from gpt4all.core.manifest import write_json
 from gpt4all.core.metrics import count_label_tokens, tokens_per_second
 from gpt4all.core.models import load_model, load_tokenizer
 from gpt4all.core.template import encode_pair, resolve_template
 
-DEFAULT_DATA = CONF_DIR.parents[1] / "shared" / "data" / "gpteacher" / "codegen.jsonl"
-LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"], "bias": "none"}
+LORA = {"_target_": "peft.LoraConfig", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none"}
 # LoRA costs about 4 x params FLOPs per token (0.54 GFLOP for 135M); bf16 matmuls reach about 2.7 TFLOPS and fp32
 # about 375 GFLOPS on the reference 2-core machine (FACTS.md): the ceilings below, in tokens/s.
 CEILING = {"bf16": 2.7e12 / 0.54e9, "fp32": 375e9 / 0.54e9}
@@ -94,7 +94,7 @@ def run_baseline(model_cfg, cache: str, pairs, template, args) -> dict[str, Any]
             times.append(time.perf_counter() - self.t)
 
     model = get_peft_model(load_model(model_cfg, cache, seed=0), LoraConfig(
-        task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
         target_modules=LORA["target_modules"], bias="none"))
     targs = TrainingArguments(
         output_dir=str(Path(args.tmp) / "hf"), per_device_train_batch_size=args.batch_size,
@@ -150,7 +150,7 @@ def run_lab(model_cfg, cache: str, pairs, template, args) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="gpt4all-bench train", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL with prompt, response")
+    ap.add_argument("--data", type=Path, required=True, help="JSONL with prompt, response (e.g. gpteacher/codegen.jsonl)")
     ap.add_argument("--examples", type=int, default=400)
     ap.add_argument("--steps", type=int, default=0,
                     help="optimizer steps per trainer; 0: one epoch over --examples (both trainers see the same data)")
@@ -167,8 +167,8 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     if not args.data.is_file():
         ap.error(f"--data {args.data}: no such file")
-    model_cfg = OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml")
-    cache = OmegaConf.load(CONF_DIR / "paths" / "default.yaml").cache_dir  # as the stages resolve it
+    model_cfg = OmegaConf.load(conf_dir() / "model" / "smollm2_135m.yaml")
+    cache = OmegaConf.load(conf_dir() / "paths" / "default.yaml").cache_dir  # as the stages resolve it
     pairs = load_pairs(args.data, args.examples)
     template = resolve_template(model_cfg.template, load_tokenizer(model_cfg, cache))
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,19 +5,28 @@ before the call returns); the primary key on the request hash makes a duplicate 
 construction; lookups stay indexed at a million rows without loading anything into memory; several processes
 may share one cache safely. Rows are keyed by `request_key` = a hash of (model, generation parameters,
 messages), so a re-run, in any run dir, never re-sends a prompt that was answered.
+
+Concurrent collectors sharing one cache claim a request before sending it (`claim`, one IMMEDIATE transaction):
+a claim names its owner and expires after a lease that the owner renews while it runs, so a killed collector's
+claims outlive it by at most one lease; another collector then takes them over. The schema version is kept in
+`PRAGMA user_version`; an older cache is upgraded in place (and says so), a newer one is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 DB_NAME = "cache.sqlite"
+SCHEMA_VERSION = 2  # 1: answers and batches; 2: + claims
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
   key TEXT PRIMARY KEY, status TEXT NOT NULL, record TEXT NOT NULL, attempts INTEGER NOT NULL, updated REAL
@@ -27,6 +36,8 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE TABLE IF NOT EXISTS batch_items (key TEXT PRIMARY KEY, batch TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS batch_items_batch ON batch_items(batch);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS claims_owner ON claims(owner);
 """
 
 
@@ -44,9 +55,35 @@ class AnswerCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / DB_NAME
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # durable against process death; fsync at checkpoints
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # durable against process death; fsync at checkpoints
+            self._migrate()
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise RuntimeError(f"answer cache {self.path} is not a readable SQLite database ({err}): move it away "
+                               "or point collect.cache_dir elsewhere") from None
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema; refuse a cache written by a newer gpt4all-lab."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"answer cache {self.path} has schema {version}, newer than this gpt4all-lab's "
+                                   f"({SCHEMA_VERSION}): upgrade gpt4all-lab or use another collect.cache_dir")
+            if "answers" in tables and version < SCHEMA_VERSION:
+                log.warning("answer cache %s is from an older gpt4all-lab (schema %d): upgrading it to schema %d "
+                            "(adds request claims); its %d rows are kept", self.path, version or 1, SCHEMA_VERSION,
+                            self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -59,14 +96,48 @@ class AnswerCache:
 
     # ---- answers ---------------------------------------------------------------------------------------------
     def put(self, key: str, record: dict[str, Any], answered: bool, attempts: int) -> None:
-        """Commit one outcome now. An answered row is final: nothing overwrites it."""
-        self.db.execute(
-            "INSERT INTO answers(key, status, record, attempts, updated) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET status=excluded.status, record=excluded.record, "
-            "attempts=answers.attempts + excluded.attempts, updated=excluded.updated "
-            "WHERE answers.status != 'answered'",
-            (key, "answered" if answered else "failed", json.dumps(record, ensure_ascii=False), attempts, time.time()),
-        )
+        """Commit one outcome now and drop its claim. An answered row is final: nothing overwrites it."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO answers(key, status, record, attempts, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET status=excluded.status, record=excluded.record, "
+                "attempts=answers.attempts + excluded.attempts, updated=excluded.updated "
+                "WHERE answers.status != 'answered'",
+                (key, "answered" if answered else "failed", json.dumps(record, ensure_ascii=False), attempts, time.time()),
+            )
+            self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
+
+    # ---- claims: one payer per request across processes ------------------------------------------------------
+    def claim(self, key: str, owner: str, lease_s: float, settled_after: float) -> tuple[str, str | None]:
+        """Try to claim a request for sending: ("mine", expired owner or None) | ("held", owner) | ("settled", None).
+
+        "settled": answered, or failed after `settled_after` (another collector's outcome during this run);
+        "held": another owner's claim has not expired; "mine": claimed now, taking over an expired claim if any.
+        """
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT status, updated FROM answers WHERE key = ?", (key,)).fetchone()
+            if row and (row[0] == "answered" or (row[1] or 0) > settled_after):
+                return "settled", None
+            held = self.db.execute("SELECT owner, expires FROM claims WHERE key = ?", (key,)).fetchone()
+            if held and held[0] != owner and held[1] > now:
+                return "held", held[0]
+            self.db.execute("INSERT OR REPLACE INTO claims(key, owner, expires) VALUES (?, ?, ?)",
+                            (key, owner, now + lease_s))
+        return "mine", held[0] if held and held[0] != owner else None
+
+    def renew_claims(self, owner: str, lease_s: float) -> int:
+        """Extend every claim of `owner` by a lease from now (the heartbeat of a live collector)."""
+        return self.db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + lease_s, owner)).rowcount
+
+    def release_claims(self, owner: str) -> int:
+        """Drop every claim of `owner` (a collector that stops, finished or not)."""
+        return self.db.execute("DELETE FROM claims WHERE owner = ?", (owner,)).rowcount
+
+    def claims(self) -> list[tuple[str, str, float]]:
+        return self.db.execute("SELECT key, owner, expires FROM claims").fetchall()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, tuple[str, dict[str, Any], int]]:
         """key -> (status, record, attempts so far) for the keys present."""

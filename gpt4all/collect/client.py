@@ -4,6 +4,10 @@ Retries (tenacity): 429, 5xx, connection errors, timeouts, malformed JSON and em
 exponential backoff and jitter, waiting exactly the server's Retry-After when it sends one. Other 4xx
 errors fail the prompt at once; a bad key or unknown model (401/403/404) stops the run. Every outcome is
 committed to the AnswerCache before the next request takes the slot.
+
+One payer per request: a worker claims a request in the cache before sending it. A request another live
+collector has claimed is put aside; once the rest is done the collector waits for those answers, or takes a
+claim over when its lease runs out (its owner was killed). A heartbeat renews this collector's claims.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import gc
 import json
 import logging
 import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -162,8 +168,13 @@ class Collector:
 
     def __init__(self, client: openai.AsyncOpenAI, teacher: Any, cache: AnswerCache, ledger: Ledger,
                  max_cost_usd: float | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
-                 progress_every_s: float = 5.0, progress: bool = True):
+                 progress_every_s: float = 5.0, progress: bool = True, claim_lease_s: float = 30.0):
         self.client, self.teacher, self.cache, self.ledger = client, teacher, cache, ledger
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_s = claim_lease_s
+        self.started = time.time()
+        self.by_others: set[str] = set()  # keys whose outcome another collector committed during this run
+        self.taken_over: dict[str, int] = {}  # expired owner -> claims taken over
         self.params = generation_params(teacher)
         # plain values: reading a DictConfig per request costs more CPU than the HTTP call at high concurrency
         self.model, self.max_attempts, self.max_tokens = str(teacher.model), teacher.max_retries + 1, teacher.max_tokens
@@ -222,9 +233,45 @@ class Collector:
         return self.max_cost_usd is not None and self.ledger.cost_usd >= self.max_cost_usd
 
     async def run(self, requests: Iterable[Request], total: int) -> None:
-        """Ask every request; answered and failed outcomes go to the cache as they arrive."""
-        queue = iter(requests)
+        """Ask every request; answered and failed outcomes go to the cache as they arrive.
+
+        Rounds: each round sends the requests this collector could claim and puts aside those another collector
+        holds; the next round (after a short wait) tries those again until each is settled or claimed here.
+        """
         bar = tqdm(total=total, desc="collect", unit="req", disable=not self.progress, smoothing=0.1)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        # the objects alive now (modules, config, requests) live until the end: exempt them from the cyclic GC,
+        # whose full scans of them would stall the event loop for tens of ms at a time (every answer waits)
+        gc.freeze()
+        try:
+            pending, waited = list(requests), False
+            while pending:
+                held: dict[str, str] = {}
+                await self._round(pending, bar, held)
+                pending = [r for r in pending if r.key in held]
+                if pending and not waited:
+                    log.info("collect: %d requests are claimed by another collector (%s): waiting for their answers, "
+                             "or for the claims to expire (lease %.0fs)", len(pending),
+                             ", ".join(sorted(set(held.values()))), self.lease_s)
+                    waited = True
+                if pending:
+                    await asyncio.sleep(min(1.0, self.lease_s / 4))
+        finally:
+            heartbeat.cancel()
+            self.cache.release_claims(self.owner)
+            bar.close()
+            gc.unfreeze()
+        for owner, n in self.taken_over.items():
+            log.warning("collect: took over %d requests claimed by %s, whose lease ran out (a killed collector?)",
+                        n, owner)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            self.cache.renew_claims(self.owner, self.lease_s)
+
+    async def _round(self, requests: list[Request], bar: Any, held: dict[str, str]) -> None:
+        queue = iter(requests)
         last = last_bar = time.monotonic()
 
         async def worker() -> None:
@@ -234,8 +281,17 @@ class Collector:
                     self.not_sent[req.key] = {"type": "BudgetExceeded", "status": None, "attempts": 0,
                                               "message": f"collect.max_cost_usd={self.max_cost_usd} reached"}
                 else:
-                    answered, rec, attempts = await self.ask(req)
-                    self.cache.put(req.key, rec, answered, attempts)
+                    state, other = self.cache.claim(req.key, self.owner, self.lease_s, self.started)
+                    if state == "held":
+                        held[req.key] = str(other)
+                        continue
+                    if state == "settled":
+                        self.by_others.add(req.key)
+                    else:
+                        if other:
+                            self.taken_over[other] = self.taken_over.get(other, 0) + 1
+                        answered, rec, attempts = await self.ask(req)
+                        self.cache.put(req.key, rec, answered, attempts)
                 bar.update(1)
                 if self.progress and time.monotonic() - last_bar >= 0.5:
                     last_bar = time.monotonic()
@@ -244,14 +300,9 @@ class Collector:
                     last = time.monotonic()
                     self.on_progress(self.ledger.snapshot())
 
-        # the objects alive now (modules, config, requests) live until the end: exempt them from the cyclic GC,
-        # whose full scans of them would stall the event loop for tens of ms at a time (every answer waits)
-        gc.freeze()
         workers = [asyncio.create_task(worker()) for _ in range(self.teacher.concurrency)]
         try:
             await asyncio.gather(*workers)
         finally:
             for w in workers:
                 w.cancel()
-            bar.close()
-            gc.unfreeze()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,46 @@ def price_for(pricing: Any, model: str, mode: str = "online") -> Price:
     return Price(row.input_per_1k * factor, row.output_per_1k * factor)
 
 
-@functools.lru_cache(maxsize=1)
-def _encoder() -> Any:
-    try:
-        import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base")
-    except Exception:  # noqa: BLE001 - not installed, or its encoding cannot be fetched offline
-        return None
-
-
 def estimate_tokens(text: str) -> int:
-    """Tokens of a text: tiktoken's cl100k_base when installed, else about 4 characters a token."""
-    enc = _encoder()
-    return len(enc.encode(text)) if enc is not None else max(1, (len(text) + 3) // 4)
+    """About 4 characters a token: the rate limiter's cheap bound, and the named fallback of `token_counter`."""
+    return max(1, (len(text) + 3) // 4)
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """How prompt tokens are counted: `method` names the tokenizer, `fallback` why none could be used."""
+
+    method: str
+    count: Callable[[str], int]
+    fallback: str | None = None
+
+
+def token_counter(teacher: Any) -> TokenCounter:
+    """The teacher model's own tokenizer when it is known: the local GGUF's (teacher.server) or tiktoken's
+    encoding for an OpenAI model name. Otherwise about 4 characters a token, and the log says why."""
+    model = str(teacher.model)
+    if teacher.get("server") is not None:
+        try:
+            from gpt4all.core.llamacpp import Llama
+            from gpt4all.core.models import resolve_gguf
+
+            path = Path(resolve_gguf(teacher.server.get("model_path")))
+            llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+            return TokenCounter(f"gguf:{path.name}", lambda t: len(llm.tokenize(t.encode(), add_bos=False, special=False)))
+        except Exception as err:  # noqa: BLE001 - any load failure falls back, named
+            reason = f"the local GGUF's tokenizer could not be loaded ({type(err).__name__}: {str(err)[:200]})"
+    else:
+        try:
+            import tiktoken
+
+            enc = tiktoken.encoding_for_model(model)
+            return TokenCounter(f"tiktoken:{enc.name}", lambda t: len(enc.encode(t, disallowed_special=())))
+        except KeyError:
+            reason = f"tiktoken has no tokenizer for model {model!r}"
+        except Exception as err:  # noqa: BLE001 - offline: tiktoken cannot fetch its encoding file
+            reason = f"tiktoken could not load the tokenizer of {model!r} ({type(err).__name__}: {str(err)[:200]})"
+    log.warning("token count for %r: %s; counting about 4 characters a token instead (chars/4)", model, reason)
+    return TokenCounter("chars/4", estimate_tokens, reason)
 
 
 @dataclass

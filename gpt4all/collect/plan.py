@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpt4all.collect.cache import request_key
-from gpt4all.collect.cost import Price, estimate_tokens
+from gpt4all.collect.cost import Price, TokenCounter, estimate_tokens
 from gpt4all.collect.sources import Prompt
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message, as OpenAI counts them
@@ -50,9 +50,14 @@ def build_requests(prompts: list[Prompt], teacher: Any) -> list[Request]:
     return list(by_key.values())
 
 
-def estimate(requests: list[Request], output_tokens: int, online: Price, batch: Price) -> dict[str, Any]:
-    """Tokens and dollars the requests would cost (output tokens per answer as given)."""
-    n_in = sum(r.input_tokens() for r in requests)
+def estimate(requests: list[Request], output_tokens: int, online: Price, batch: Price,
+             counter: TokenCounter | None = None) -> dict[str, Any]:
+    """Tokens and dollars the requests would cost (output tokens per answer as given); prompt tokens counted by
+    `counter` (the teacher's tokenizer), else about 4 characters a token."""
+    if counter is None:
+        n_in = sum(r.input_tokens() for r in requests)
+    else:
+        n_in = sum(counter.count(m["content"]) + MESSAGE_OVERHEAD_TOKENS for r in requests for m in r.messages)
     n_out = output_tokens * len(requests)
     return {
         "requests": len(requests),
@@ -61,4 +66,6 @@ def estimate(requests: list[Request], output_tokens: int, online: Price, batch: 
         "est_cost_usd": round(online.cost(n_in, n_out), 4),
         "est_cost_usd_batch": round(batch.cost(n_in, n_out), 4),
         "price_known": online.known,
+        "token_counter": counter.method if counter else "chars/4",
+        "token_counter_fallback": counter.fallback if counter else "not counted with a tokenizer (not a dry run)",
     }

@@ -9,20 +9,18 @@ file and line (`on_error: raise`), or is skipped, logged with file and line, and
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.resources
 import logging
 import random
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt4all.core.jsonl import JsonlError, parse_jsonl
+from gpt4all.core.jsonl import JsonlError, read_records
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +55,7 @@ class BadRow(ValueError):
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
     """(line number, row or BadRow) for every record of a local JSONL, TSV or CSV file."""
-    if path.suffix in (".tsv", ".csv"):
-        csv.field_size_limit(sys.maxsize)
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-            for row in reader:
-                yield reader.line_num, row
-        return
-    for lineno, rec in parse_jsonl(path):
+    for lineno, rec in read_records(path):
         yield lineno, BadRow(rec) if isinstance(rec, str) else rec
 
 

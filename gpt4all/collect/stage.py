@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from gpt4all.collect.batch import BatchCollector
 from gpt4all.collect.cache import AnswerCache
 from gpt4all.collect.client import Collector, check_endpoint, make_client
-from gpt4all.collect.cost import Ledger, price_for
+from gpt4all.collect.cost import Ledger, price_for, token_counter
 from gpt4all.collect.plan import Request, build_requests, estimate
 from gpt4all.collect.sources import mix
 from gpt4all.core.config import config_hash
@@ -49,9 +49,10 @@ async def send(cfg: DictConfig, todo: list[Request], base_url: str | None, cache
                                           on_progress=on_progress).run(todo)
             return {**counts, "not_sent": {}}
         collector = Collector(client, teacher, cache, ledger, max_cost_usd=c.max_cost_usd, on_progress=on_progress,
-                              progress_every_s=c.progress_every_s, progress=c.progress)
+                              progress_every_s=c.progress_every_s, progress=c.progress, claim_lease_s=c.claim_lease_s)
         await collector.run(todo, total=len(todo))
-        return {"not_sent": collector.not_sent}
+        return {"not_sent": collector.not_sent, "by_others": collector.by_others,
+                "claims_taken_over": sum(collector.taken_over.values())}
     finally:
         await client.close()
 
@@ -119,7 +120,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
                 for r in todo if r.key in in_batches}
         todo = [r for r in todo if r.key not in held]
     online, batch = price_for(c.pricing, teacher.model), price_for(c.pricing, teacher.model, "batch")
-    est = estimate(todo, c.expected_output_tokens or teacher.max_tokens, online, batch)
+    counter = token_counter(teacher) if c.dry_run else None  # outside a dry run the logged estimate is rough
+    est = estimate(todo, c.expected_output_tokens or teacher.max_tokens, online, batch, counter)
     log.info("collect: %d prompts, %d requests, %d already answered in %s, %d to send; estimate %s",
              len(prompts), len(requests), len(cached), c.cache_dir, len(todo), est)
     inputs = {"sources": [s.name for s in sources], "teacher": teacher.name, "model": teacher.model,
@@ -134,7 +136,9 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         print(f"dry run: {len(prompts)} prompts, {len(cached)} already answered, {len(todo)} to send to "
               f"{teacher.model}: about {est['est_prompt_tokens']:,} prompt + {est['est_completion_tokens']:,} "
               f"completion tokens, ${est['est_cost_usd']:,.2f} online or ${est['est_cost_usd_batch']:,.2f} as "
-              f"batches" + ("" if est["price_known"] else " (no price for this model in collect.pricing)"))
+              f"batches" + ("" if est["price_known"] else " (no price for this model in collect.pricing)")
+              + f"; prompt tokens counted with {est['token_counter']}"
+              + (f" (fallback: {est['token_counter_fallback']})" if est["token_counter_fallback"] else ""))
         return {"dry_run": True, **base_counts, **{k: v for k, v in est.items() if k != "requests"}}
 
     ledger = Ledger(batch if c.mode == "batch" else online)
@@ -152,19 +156,21 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     try:
         with server as base_url:
             extra = asyncio.run(send(cfg, todo, base_url, cache, ledger, on_progress)) if todo else {"not_sent": {}}
+        by_others = extra.pop("by_others", set())  # answered by a concurrent collector sharing the cache
         rows = cache.get_many(r.key for r in requests)
     finally:
         on_progress(ledger.snapshot())
         cache.close()
     out = run_dir / RESPONSES
-    counts, dataset_cost = write_responses(out, requests, rows, cached, {**held, **extra.pop("not_sent")})
+    counts, dataset_cost = write_responses(out, requests, rows, cached | by_others, {**held, **extra.pop("not_sent")})
     live = ledger.snapshot()
     stats = {
         "prompts": len(prompts),
         "answered": counts["answered"],
         "failed": counts["failed"],
         "cached": counts["cached"],
-        "sent": len(todo),
+        "sent": len(todo) - len(by_others),
+        "answered_by_other_collector": len(by_others),
         "prompt_tokens": live["prompt_tokens"],
         "completion_tokens": live["completion_tokens"],
         "cost_usd": live["cost_usd"],  # spent by this run

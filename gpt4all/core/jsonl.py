@@ -1,8 +1,10 @@
-"""JSONL reading and writing with errors that name the file and line."""
+"""JSONL (and CSV / TSV) reading and writing with errors that name the file and line."""
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +26,19 @@ def parse_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 yield lineno, f"not valid JSON ({err.msg} at column {err.colno})"
                 continue
             yield lineno, rec if isinstance(rec, dict) else f"expected a JSON object, got {type(rec).__name__}"
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, record or error message) for every record of a local .jsonl/.json, .tsv or .csv file."""
+    path = Path(path)
+    if path.suffix in (".tsv", ".csv"):
+        csv.field_size_limit(sys.maxsize)
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+            for row in reader:
+                yield reader.line_num, row
+        return
+    yield from parse_jsonl(path)
 
 
 def iter_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -243,29 +243,81 @@ def perplexity_summary(ppl: Sequence[float], clip: float, nan: int = 0) -> dict[
             "share_clipped": sum(p >= clip for p in ppl) / n if n else float("nan"), "nan": nan, "n": n}
 
 
-def compare_perplexities(a: Sequence[float], b: Sequence[float], paired: bool = True) -> dict[str, Any]:
-    """One-sided test that model a's perplexities are stochastically LOWER than model b's.
+ALTERNATIVES = ("less", "two-sided")
 
-    Paired (the same examples in the same order): Wilcoxon signed-rank on a - b, alternative 'less' (zero
-    differences dropped, as with clipped ties at the clip value). Unpaired: Mann-Whitney U, alternative 'less'.
-    Returns the test's name, statistic, p-value and the share of examples where a < b (paired) or the
-    common-language effect size P(a < b), ties half (unpaired).
+
+def ratio_ci(a: Sequence[float], b: Sequence[float], paired: bool = True, confidence: float = 0.95,
+             seed: int = 0, n_resamples: int = 9999) -> dict[str, float]:
+    """Effect size of model a against model b: the median of the per-example ratios a_i / b_i (paired) or the
+    ratio of the medians (unpaired), with a seeded percentile bootstrap confidence interval
+    (scipy.stats.bootstrap; percentile rather than BCa because clipped perplexities make many tied ratios).
+    Scores that are not positive and finite (0 stands for NaN under eval.method=gpt4all_2023) are left out;
+    `n_ratio` counts the examples used."""
+    import numpy as np
+    from scipy import stats
+
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    ok = lambda v: np.isfinite(v) & (v > 0)  # noqa: E731
+    if paired:
+        keep = ok(x) & ok(y)
+        samples = (x[keep] / y[keep],)
+        statistic = np.median
+    else:
+        samples = (x[ok(x)], y[ok(y)])
+        statistic = lambda u, v, axis=-1: np.median(u, axis=axis) / np.median(v, axis=axis)  # noqa: E731
+    n = min(len(s) for s in samples)
+    out = {"ratio": float(statistic(*samples)) if n else float("nan"), "confidence": confidence, "n_ratio": n}
+    if n < 2 or all(np.all(s == s[0]) for s in samples):  # no spread to resample
+        return {**out, "ci_low": out["ratio"], "ci_high": out["ratio"]}
+    res = stats.bootstrap(samples, statistic, confidence_level=confidence, n_resamples=n_resamples,
+                          method="percentile", rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    return {**out, "ci_low": float(lo), "ci_high": float(hi)}
+
+
+def compare_perplexities(a: Sequence[float], b: Sequence[float], paired: bool = True, alternative: str = "less",
+                         seed: int = 0) -> dict[str, Any]:
+    """Test of model a's perplexities against model b's, with the effect size beside it.
+
+    `alternative="less"`: a is stochastically LOWER than b (one-sided); `"two-sided"`: a differs from b (how a
+    quantized model is compared with its original). Paired (the same examples in the same order): Wilcoxon
+    signed-rank on a - b (zero differences dropped, as with clipped ties at the clip value); unpaired:
+    Mann-Whitney U. Returns the test's name, alternative, statistic, p-value, the share of examples where a < b
+    (paired) or P(a < b), ties half (unpaired), and `ratio` with its 95 % bootstrap interval
+    `ci_low`..`ci_high` (see `ratio_ci`; below 1: a has lower perplexity).
     """
     from scipy import stats
 
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {', '.join(ALTERNATIVES)}; got {alternative!r}")
     if paired:
         if len(a) != len(b):
             raise ValueError(f"a paired test needs the same examples: got {len(a)} and {len(b)} values")
         diffs = [x - y for x, y in zip(a, b)]
         nonzero = [d for d in diffs if d != 0]
+        effect = ratio_ci(a, b, paired=True, seed=seed)
         if not nonzero:
-            return {"test": "wilcoxon", "alternative": "less", "statistic": float("nan"), "p_value": 1.0,
-                    "n": len(a), "n_nonzero": 0, "share_lower": 0.0}
-        res = stats.wilcoxon(nonzero, alternative="less")
-        return {"test": "wilcoxon", "alternative": "less", "statistic": float(res.statistic),
+            return {"test": "wilcoxon", "alternative": alternative, "statistic": float("nan"), "p_value": 1.0,
+                    "n": len(a), "n_nonzero": 0, "share_lower": 0.0, **effect}
+        res = stats.wilcoxon(nonzero, alternative=alternative)
+        return {"test": "wilcoxon", "alternative": alternative, "statistic": float(res.statistic),
                 "p_value": float(res.pvalue), "n": len(a), "n_nonzero": len(nonzero),
-                "share_lower": sum(d < 0 for d in diffs) / len(diffs)}
-    res = stats.mannwhitneyu(a, b, alternative="less")
-    return {"test": "mannwhitneyu", "alternative": "less", "statistic": float(res.statistic),
+                "share_lower": sum(d < 0 for d in diffs) / len(diffs), **effect}
+    res = stats.mannwhitneyu(a, b, alternative=alternative)
+    u_less = res.statistic if alternative == "less" else stats.mannwhitneyu(a, b, alternative="less").statistic
+    return {"test": "mannwhitneyu", "alternative": alternative, "statistic": float(res.statistic),
             "p_value": float(res.pvalue), "n": len(a), "n_b": len(b),
-            "share_lower": 1.0 - float(res.statistic) / (len(a) * len(b)) if a and b else float("nan")}
+            "share_lower": 1.0 - float(u_less) / (len(a) * len(b)) if a and b else float("nan"),
+            **ratio_ci(a, b, paired=False, seed=seed)}
+
+
+def effect_line(test: dict[str, Any]) -> str:
+    """One line: the perplexity change of a against b with its interval, then the test, e.g.
+    "q4 costs +3.1 % perplexity [+1.2, +5.0] against finetuned (median paired ratio, 95 % CI); wilcoxon
+    two-sided p = 0.002"."""
+    pct = lambda r: f"{100 * (r - 1):+.1f}"  # noqa: E731
+    kind = "median paired ratio" if test["test"] == "wilcoxon" else "ratio of medians"
+    ci = f"[{pct(test['ci_low'])}, {pct(test['ci_high'])}] ({kind}, {100 * test.get('confidence', 0.95):g} % CI)"
+    head = (f"{test['a']} costs {pct(test['ratio'])} % perplexity {ci} against {test['b']}"
+            if test.get("role") == "quantization" else f"{test['a']} vs {test['b']}: perplexity {pct(test['ratio'])} % {ci}")
+    return f"{head}; {test['test']} {test['alternative']} p = {test['p_value']:.3g}"

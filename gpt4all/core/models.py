@@ -122,13 +122,55 @@ def _from_gguf_cached(gguf: Path, cache_root: str | Path, tokenizer_only: bool) 
     return out
 
 
+def check_pretrained(pretrained: str | None) -> str:
+    """`model.pretrained` if transformers can load it here: a local dir with a config.json, or a hub id whose
+    config is reachable (or cached). Otherwise one ValueError naming it, before any heavy work."""
+    from transformers import AutoConfig
+
+    if not pretrained:
+        raise ValueError("model.source=hf needs model.pretrained: a hub id (org/name) or a local dir")
+    local = Path(str(pretrained)).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"model.pretrained={pretrained}: {local} has no config.json (save it with save_pretrained)")
+        return str(local)
+    try:
+        AutoConfig.from_pretrained(str(pretrained))
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model.pretrained={pretrained}: not a local dir, and the hub model cannot be reached from here "
+            f"(offline, HF_HUB_OFFLINE=1, gated or misspelt?): {str(err).splitlines()[0]}. Download it once "
+            f"(huggingface-cli download {pretrained} --local-dir DIR) and pass model.pretrained=DIR"
+        ) from None
+    return str(pretrained)
+
+
+def model_license(model_cfg: Any) -> str:
+    """`model.license`, or for a hub/local checkpoint the `license` of its model card (README.md front matter)."""
+    if model_cfg.get("license"):
+        return str(model_cfg.license)
+    if model_cfg.source != "hf" or not model_cfg.get("pretrained"):
+        return "unknown"
+    from huggingface_hub import ModelCard
+
+    local = Path(str(model_cfg.pretrained)).expanduser()
+    try:
+        card = ModelCard.load(str(local / "README.md") if local.is_dir() else str(model_cfg.pretrained))
+    except Exception:  # noqa: BLE001 - no card, unreadable card or no hub access: the licence is unknown
+        return "unknown (no model card)"
+    data = card.data.to_dict()
+    name = data.get("license_name") if data.get("license") == "other" else data.get("license")
+    link = data.get("license_link")
+    return f"{name} ({link})" if name and link else str(name or "unknown (not in the model card)")
+
+
 def load_tokenizer(model_cfg: Any, cache_dir: str | Path):
     """Tokenizer for a `model` config node (see conf/model/)."""
     src = model_cfg.source
     if src in ("gguf", "tiny_random"):
         path = _from_gguf_cached(resolve_gguf(model_cfg.gguf_file, cache_dir), cache_dir, tokenizer_only=True)
     elif src == "hf":
-        path = model_cfg.pretrained
+        path = check_pretrained(model_cfg.pretrained)
     else:
         raise ValueError(f"model.source must be one of gguf, hf, tiny_random; got {src!r}")
     tok = AutoTokenizer.from_pretrained(str(path))

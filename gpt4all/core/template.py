@@ -34,28 +34,17 @@ def encode_pair(
     response: str,
     max_length: int,
     add_suffix: bool = True,
-    truncation: str = "prompt_left",
 ) -> tuple[list[int], list[int]]:
     """Token ids of prompt + response and labels that are IGNORE_INDEX on the prompt.
 
     `encode` turns text into ids without adding special tokens (HF: `tok.encode(t, add_special_tokens=False)`,
     llama.cpp: `llm.tokenize(t.encode(), add_bos=False, special=True)`), so both backends score the same tokens.
-    Truncation, when prompt + response exceed `max_length`:
-    - `prompt_left`: the prompt is cut from the left; the response is kept whole when it fits and cut from the
-      right otherwise.
-    - `gpt4all_2023` (the original GPT4All training code): a prompt of max_length // 2 tokens or more is first
-      cut to its first min(max_length // 2, len(prompt) // 2) characters; then prompt + response is cut at
-      max_length from the right (the response's end, eos included, may be lost).
+    Truncation (`train.truncation=prompt_left`), when prompt + response exceed `max_length`: the prompt is cut
+    from the left; the response is kept whole when it fits and cut from the right otherwise. (`gpt4all_2023`,
+    the original training code's token stream, is gpt4all.train.data.encode_gpt4all_2023.)
     """
-    check_truncation(truncation)
     prompt_ids = list(encode(render_prompt(template, prompt)))
     text = response + (_field(template, "response_suffix") if add_suffix else "")
-    if truncation == "gpt4all_2023":
-        half = max_length // 2
-        if len(prompt_ids) >= half:
-            prompt_ids = list(encode(render_prompt(template, prompt[: min(half, len(prompt) // 2)])))[:half]
-        ids = (prompt_ids + list(encode(text)))[:max_length]
-        return ids, [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
     response_ids = list(encode(text))[:max_length - 1]
     keep_prompt = max(1, max_length - len(response_ids))
     prompt_ids = prompt_ids[-keep_prompt:]
@@ -65,14 +54,14 @@ def encode_pair(
 
 
 EOS = "{eos}"  # placeholder for the tokenizer's eos token in `response_suffix` (text templates)
-STYLES = ("chat", "text")
+STYLES = ("chat", "text", "auto")
 _USER, _ASSISTANT = "\x00GPT4ALL_USER\x00", "\x00GPT4ALL_ASSISTANT\x00"
 
 
 def resolve_template(template: Any, tokenizer: Any) -> dict[str, str]:
     """The plain `{prompt, response_suffix}` strings that `render_prompt` / `encode_pair` use.
 
-    `template.style`: `chat` renders the tokenizer's own chat template (one user turn, optional
+    `template.style`: `auto` is `chat` when the tokenizer has a chat template, else `text`; `chat` renders the tokenizer's own chat template (one user turn, optional
     `template.system` message) and splits it around the turn contents; `text` takes `template.prompt` and
     `template.response_suffix` as given. `{eos}` in either is replaced by the tokenizer's eos token. The result
     is what a train manifest records, so later stages need no tokenizer to rebuild the prompt.
@@ -81,6 +70,8 @@ def resolve_template(template: Any, tokenizer: Any) -> dict[str, str]:
     if style not in STYLES:
         raise ValueError(f"model.template.style must be one of {', '.join(STYLES)}; got {style!r}")
     eos = str(getattr(tokenizer, "eos_token", None) or "")
+    if style == "auto":
+        style = "chat" if getattr(tokenizer, "chat_template", None) else "text"
     if style == "text":
         return {"prompt": str(template.prompt).replace(EOS, eos),
                 "response_suffix": str(template.response_suffix).replace(EOS, eos)}

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from gpt4all.core.cache import stage_key, upstream_key
+from gpt4all.core.cache import DigestCache, key_of, key_parts
 from gpt4all.core.config import config_hash, to_container, validate
 from gpt4all.core.manifest import MANIFEST, stamp_manifest, write_json
 
@@ -40,8 +40,13 @@ def _artifact(stage: str, run_dir: Path):
 
     name, kind = ARTIFACTS[stage]
     manifest = json.loads((run_dir / MANIFEST).read_text())
-    art = wandb.Artifact(name, type=kind, metadata={"run_dir": str(run_dir), "counts": manifest.get("counts", {})})
+    meta = {"run_dir": str(run_dir), "counts": manifest.get("counts", {})}
+    if manifest.get("inputs", {}).get("pairs"):  # data.pairs: the dataset's name, location and content digest
+        meta["dataset"] = manifest["inputs"]["pairs"]
+    art = wandb.Artifact(name, type=kind, metadata=meta)
     for key, rel in manifest["outputs"].items():
+        if rel is None:  # an output this run did not make (e.g. no checkpoint with callbacks=none)
+            continue
         path = Path(rel) if Path(rel).is_absolute() else run_dir / rel
         if path.exists():
             art.add_reference(path.resolve().as_uri(), name=key, checksum=True, max_objects=100_000)
@@ -187,16 +192,21 @@ def upstream_dir(stage: str, run_dir: Path) -> Path | None:
 
 
 def run_stage(
-    stage: str, cfg: DictConfig, run_dir: Path, fn: StageFn, group: str | None = None, input_key: str | None = None
+    stage: str, cfg: DictConfig, run_dir: Path, fn: StageFn, group: str | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate the config, run one stage inside a tracked run, and always close the run.
 
     A failure still finishes the W&B run (with a non-zero exit code), so one failed multirun job never leaks
-    into the next job's run. On success the manifest gets the stage's cache key and wall time, `result.json`
-    holds the headline numbers, and the outputs are logged as a W&B artifact that uses the input's artifact.
+    into the next job's run. On success the manifest gets the stage's cache key, its parts (what the stage read:
+    config nodes, seed, input digests, code fingerprint; the pipeline passes the parts it looked up) and the
+    wall time, `result.json` holds the headline numbers, and the outputs are logged as a W&B artifact that uses
+    the input's artifact.
     """
     cfg = validate(cfg)
     run_dir = Path(run_dir)
+    if parts is None and "stage_cache" in cfg:
+        parts = key_parts(cfg, stage)  # before the stage runs: the inputs as it reads them
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     log.info("[%s] output dir: %s (config %s)", stage, run_dir, config_hash(cfg))
@@ -206,8 +216,17 @@ def run_stage(
         result = fn(cfg, run_dir, tracker)
         result["seconds"] = round(time.perf_counter() - start, 1)
         upstream = upstream_dir(stage, run_dir)
-        key = stage_key(cfg, stage, input_key or upstream_key(upstream)) if "stage_cache" in cfg else None
-        stamp_manifest(run_dir, cache_key=key, seconds=result["seconds"])
+        if parts is not None:
+            parts = {**parts, "inputs": dict(parts["inputs"])}
+            if upstream is not None and str(upstream.resolve()) not in {v["path"] for v in parts["inputs"].values()}:
+                digests = DigestCache(cfg.stage_cache.dir)  # a stage that found its input itself (the latest run)
+                try:
+                    parts["inputs"]["upstream"] = {"path": str(upstream.resolve()), "digest": digests.path(upstream)}
+                finally:
+                    digests.close()
+            stamp_manifest(run_dir, cache_key=key_of(parts), cache_parts=parts, seconds=result["seconds"])
+        else:
+            stamp_manifest(run_dir, seconds=result["seconds"])
         write_json(run_dir / "result.json", result)
         tracker.summary({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
         tracker.lineage(stage, run_dir, upstream)

@@ -1,7 +1,7 @@
 """De-duplication filters: they need every row, so they work in two steps.
 
 1. `keys(rows)` runs in the parallel, batched pass (datasets.map) and returns fixed-size numeric columns
-   (a 64-bit hash of the normalised pair; MinHash signatures and LSH band hashes).
+   (a 64-bit hash of each normalised field; MinHash signatures and LSH band hashes).
 2. `select(keys, alive)` runs once over all rows (numpy, vectorised) and returns, for each row, the index of
    the earlier row it duplicates (-1 if none). The first occurrence is kept.
 
@@ -51,25 +51,32 @@ def _text(row: Row, fields: Iterable[str]) -> str:
 
 
 class ExactDedupFilter(GlobalFilter):
-    """The same fields (default prompt and response) after lower-casing and collapsing whitespace."""
+    """Rows whose every field (default prompt and response) matches an earlier row's after lower-casing and
+    collapsing whitespace. Each field is normalised and hashed on its own (one 64-bit xxh3 per field), so
+    ("a b", "c") and ("a", "b c") differ."""
 
     name = "exact_dedup"
     reason = "exact_duplicate"
 
     def __init__(self, fields: Sequence[str] = ("prompt", "response")):
         self.fields = list(fields)
+        if not self.fields:
+            raise ValueError("exact_dedup needs at least one field")
 
     def keys(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
-        return {"hash": np.array([xxhash.xxh3_64_intdigest(normalize(_text(r, self.fields)).encode()) for r in rows], U64)}
+        hashes = [[xxhash.xxh3_64_intdigest(normalize(str(r.get(f) or "")).encode()) for f in self.fields]
+                  for r in rows]
+        return {"hash": np.array(hashes, U64).reshape(len(rows), len(self.fields))}
 
     def empty_keys(self, n: int) -> dict[str, np.ndarray]:
-        return {"hash": np.zeros(n, U64)}
+        return {"hash": np.zeros((n, len(self.fields)), U64)}
 
     def select(self, keys: dict[str, np.ndarray], alive: np.ndarray) -> np.ndarray:
         idx = np.flatnonzero(alive)
         dup_of = np.full(len(alive), -1, np.int64)
-        _, first, inverse = np.unique(keys["hash"][idx], return_index=True, return_inverse=True)
-        rep = idx[first][inverse]
+        hashes = np.asarray(keys["hash"], U64).reshape(len(alive), -1)[idx]
+        _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
+        rep = idx[first][inverse.reshape(-1)]
         dup = rep != idx
         dup_of[idx[dup]] = rep[dup]
         return dup_of
@@ -174,10 +181,12 @@ def connected_min(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class NearDedupFilter(GlobalFilter):
-    """Near-duplicates by MinHash LSH over word n-gram shingles; pairs are confirmed by estimated Jaccard.
+    """Near-duplicates by MinHash LSH over word n-gram shingles, confirmed by estimated Jaccard.
 
-    Rows whose signatures collide in any band and agree on at least `threshold` of their signature values are
-    joined; each connected group keeps its first row.
+    In each band, the rows that share a band hash form a bucket; each member is compared with the bucket's
+    first row only (not with every other member) and joined to it when their signatures agree on at least
+    `threshold` of their values. Joined rows form connected groups across bands; each group keeps its first
+    row.
     """
 
     name = "near_dedup"

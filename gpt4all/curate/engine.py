@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gpt4all.core.config import ConfigError
+from gpt4all.core.config import ConfigError, check_target_node
 from gpt4all.core.jsonl import JsonlError, iter_jsonl
 from gpt4all.core.manifest import write_json
 from gpt4all.curate.dedup import GlobalFilter
@@ -72,7 +72,7 @@ def build_chain(curation: DictConfig) -> Chain:
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ConfigError(f"{where} has no _target_: select it with 'curation/filter=[...,{key}]' "
                               f"or remove it with '~{where}'")
-        _check_types(node, where)
+        check_target_node(node, where)
         try:
             flt = instantiate(node)
         except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's TypeError/ValueError
@@ -83,26 +83,6 @@ def build_chain(curation: DictConfig) -> Chain:
         flt.name = key
         (chain.glob if isinstance(flt, GlobalFilter) else chain.row).append(flt)
     return chain
-
-
-def _check_types(node: DictConfig, where: str) -> None:
-    """A setting whose default is a bool/int/float/str must get that type (Hydra does not check kwargs)."""
-    import importlib
-    import inspect
-
-    module, _, name = str(node._target_).rpartition(".")
-    try:
-        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{where}._target_: cannot import {node._target_} ({err})") from None
-    for key, value in node.items():
-        p = params.get(str(key))
-        if p is None or value is None or p.default is None or not isinstance(p.default, (bool, int, float, str)):
-            continue
-        want = type(p.default)
-        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok or (want is int and isinstance(value, bool)):
-            raise ConfigError(f"invalid filter config at '{where}.{key}': expected {want.__name__}, got {value!r}")
 
 
 # ---------------------------------------------------------------- 1. ingest

@@ -198,6 +198,6 @@ class LanguageFilter(Filter):
         DetectorFactory.seed = 0
         try:
             lang = detect(text[:2000])
-        except LangDetectException:
-            return True
+        except LangDetectException:  # no letters to judge (symbols, digits): dropped and counted, never kept unseen
+            return False, "language:undetected"
         return True if lang in self.languages else (False, f"language:{lang}")

@@ -1,5 +1,5 @@
-"""curate: find the collect run -> engine (ingest, row filters, dedup, source rule) -> write the dataset, the
-quarantine file, the funnel, the diversity report and the maps; log them to the tracker; write the manifest.
+"""curate: find the collect run (or read data.pairs) -> engine (ingest, row filters, dedup, source rule) -> write
+the dataset, the quarantine file, the funnel, the diversity report and the maps; log them to the tracker; write the manifest.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from gpt4all.core.config import ConfigError, config_hash, latest_run
 from gpt4all.core.jsonl import write_jsonl
 from gpt4all.core.manifest import read_manifest, write_json, write_manifest
+from gpt4all.core.pairs import load_pairs
 from gpt4all.core.tracking import Tracker
 from gpt4all.curate import diversity as div
 from gpt4all.curate.embed import embed
@@ -109,9 +110,14 @@ def _rejects(ds: datasets.Dataset, v: Verdicts, steps: list[str], batch: int = 5
 
 def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     c = cfg.curate
-    input_dir = Path(c.input_dir) if c.input_dir else latest_run(cfg.paths.output_dir, "collect")
-    responses = Path(read_manifest(input_dir, "collect")["outputs"]["responses"])
     work = (Path(c.resume) if c.resume else run_dir) / "work"
+    pairs = None
+    if c.input_dir or not cfg.data.get("pairs"):
+        input_dir = Path(c.input_dir) if c.input_dir else latest_run(cfg.paths.output_dir, "collect")
+        responses = Path(read_manifest(input_dir, "collect")["outputs"]["responses"])
+    else:  # pairs the user brought (data/pairs): read as collect records, finish_reason and error empty
+        input_dir, pairs = None, load_pairs(cfg.data.pairs)
+        responses = write_jsonl(work / "pairs.jsonl", pairs.records())
     if c.resume and not (work / "checkpoint.json").is_file():
         raise ConfigError(f"curate.resume={c.resume}: no checkpoint at {work} (only an interrupted run, or one "
                           f"with curate.keep_work=true, can be resumed)")
@@ -165,7 +171,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
 
     _track(tracker, stats, report, maps)
     write_manifest(run_dir, "curate", config_hash(cfg),
-                   inputs={"collect_dir": input_dir, "responses": responses, "work_dir": work},
+                   inputs={"collect_dir": input_dir, "responses": None if pairs else responses, "work_dir": work,
+                           "pairs": pairs.info() if pairs else None},
                    outputs=outputs, counts=stats | {"dropped_sources": dropped_sources},
                    metrics={"seconds": timings})
     if not c.keep_work:

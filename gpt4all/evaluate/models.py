@@ -44,6 +44,11 @@ def _run_template(path: str | None) -> Any:
 def candidates(cfg: DictConfig) -> list[Candidate]:
     """base (evaluate.include_base), the finetuned / quantized runs named or latest, then evaluate.models."""
     ev, default_template = cfg.evaluate, cfg.model.template
+    if default_template.get("style") == "auto":  # model=hf: the tokenizer decides between chat and text
+        from gpt4all.core.models import load_tokenizer
+        from gpt4all.core.template import resolve_template
+
+        default_template = resolve_template(default_template, load_tokenizer(cfg.model, cfg.paths.cache_dir))
     out = [Candidate(f"base:{cfg.model.name}", Spec("base", template=default_template), "base")] \
         if ev.include_base else []
 
@@ -86,8 +91,8 @@ def candidates(cfg: DictConfig) -> list[Candidate]:
 
 
 def comparisons(cfg: DictConfig, models: list[Candidate]) -> list[tuple[str, str]]:
-    """Pairs (a, b) to test 'a has lower perplexity than b': evaluate.compare, else finetuned < base and
-    quantized < finetuned (the latter expected to fail: it measures what quantization costs)."""
+    """Pairs (a, b) to compare: evaluate.compare, else finetuned vs base (one-sided: lower?) and quantized vs
+    finetuned (two-sided, with what quantization costs; see evaluate.stage.is_quantization)."""
     names = [c.name for c in models]
     if cfg.evaluate.compare:
         pairs = [tuple(p) for p in cfg.evaluate.compare]

@@ -17,7 +17,7 @@ from rich.table import Table
 from gpt4all.core.config import config_hash
 from gpt4all.core.lm import load_lm, score_nll
 from gpt4all.core.manifest import write_json, write_manifest
-from gpt4all.core.metrics import compare_perplexities, perplexities, perplexity_summary
+from gpt4all.core.metrics import compare_perplexities, effect_line, perplexities, perplexity_summary
 from gpt4all.core.tracking import Tracker
 from gpt4all.evaluate.models import Candidate, candidates, comparisons
 from gpt4all.evaluate.plots import perplexity_plot
@@ -42,6 +42,15 @@ def score(c: Candidate, cfg: DictConfig, examples: list) -> list[float]:
                          batch_size=ev.batch_size)
     finally:
         lm.close()
+
+
+QUANTIZED_KINDS = ("gguf", "gptq", "bnb")
+
+
+def is_quantization(a: Candidate, b: Candidate) -> bool:
+    """a is a quantized model compared with an unquantized one: a two-sided test of what quantization costs
+    (not a one-sided "lower than" expected to fail)."""
+    return a.role == "quantized" or (a.kind in QUANTIZED_KINDS and b.kind not in QUANTIZED_KINDS)
 
 
 def tradeoffs(models: list[Candidate], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -75,8 +84,9 @@ def print_report(suite: str, method: str, results: dict[str, dict[str, Any]], te
     console.print(t)
     for test in tests:
         verdict = "yes" if test["p_value"] < alpha else "no"
-        console.print(f"  {test['a']} lower than {test['b']}? {test['test']} one-sided p = {test['p_value']:.3g} "
-                      f"({verdict} at alpha {alpha:g}; lower on {test['share_lower']:.0%} of examples)")
+        question = "differs from" if test["alternative"] == "two-sided" else "lower than"
+        console.print(f"  {effect_line(test)}\n    {test['a']} {question} {test['b']}? {verdict} at alpha {alpha:g} "
+                      f"(lower on {test['share_lower']:.0%} of examples)")
 
 
 def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -104,9 +114,13 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         rows += [{"id": e.id, "model": c.name, "nll": n, "perplexity": p} for e, n, p in zip(examples, nll, ppl)]
 
     tests = []
+    by_name = {c.name: c for c in models}
     for a, b in comparisons(cfg, models):
-        test = compare_perplexities(results[a]["perplexity"], results[b]["perplexity"], paired=cfg.evaluate.paired)
-        tests.append({"a": a, "b": b, **test})
+        role = "quantization" if is_quantization(by_name[a], by_name[b]) else "comparison"
+        test = compare_perplexities(results[a]["perplexity"], results[b]["perplexity"], paired=cfg.evaluate.paired,
+                                    alternative="two-sided" if role == "quantization" else "less", seed=cfg.seed)
+        tests.append({"a": a, "b": b, "role": role, **test, "summary": effect_line({"a": a, "b": b, "role": role,
+                                                                                    **test})})
     trade = tradeoffs(models, results)
 
     write_json(run_dir / "results.json", {"suite": ev.name, "method": ev.method, "examples": len(examples),
@@ -125,6 +139,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
                                                           "nan", "seconds")}} for k, r in results.items()]
     tracker.log({f"evaluate/median_perplexity/{k}": v for k, v in medians.items()})
     tracker.log({f"evaluate/p_value/{t['a']}<{t['b']}": t["p_value"] for t in tests})
+    tracker.log({f"evaluate/ratio/{t['a']}:{t['b']}": t["ratio"] for t in tests})
     tracker.table("evaluate/perplexity", rows)
     tracker.table("evaluate/summary", summary_rows)
     tracker.table("evaluate/tests", tests)
@@ -139,4 +154,5 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         metrics={"median_perplexity": medians, "tests": tests},
     )
     return {"plot": str(plot), "examples": len(examples), "method": ev.method, "median_perplexity": medians,
-            "p_values": {f"{t['a']} < {t['b']}": round(t["p_value"], 5) for t in tests}}
+            "p_values": {f"{t['a']} < {t['b']}": round(t["p_value"], 5) for t in tests},
+            "effects": [t["summary"] for t in tests]}

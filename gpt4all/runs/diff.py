@@ -1,8 +1,10 @@
-"""`gpt4all-diff RUN_A RUN_B`: config differences of two runs; `gpt4all-diff SWEEP_DIR`: keys that vary."""
+"""`gpt4all-diff RUN_A RUN_B`: config differences of two runs and, per stage, which part of its cache key changed
+(config, seed, an input's content, the code); `gpt4all-diff SWEEP_DIR`: keys that vary."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,19 +12,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gpt4all.core.cache import changes, flatten
+from gpt4all.core.manifest import MANIFEST
 from gpt4all.runs.discover import load_config, load_overrides, sweep_jobs
 
 MISSING = "<absent>"
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
 
 
 def diff_configs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[tuple[str, Any, Any]]]:
@@ -61,15 +55,37 @@ def diff_runs(a: Path, b: Path, all_keys: bool = False) -> tuple[dict[str, list]
     return grouped, load_overrides(a), load_overrides(b)
 
 
+def stage_parts(run: Path) -> dict[str, dict[str, Any]]:
+    """stage -> the cache-key parts its manifest recorded, for a stage run dir or each stage of a pipeline run."""
+    dirs = [run] if (run / MANIFEST).is_file() else sorted(p.parent for p in run.glob(f"*/{MANIFEST}"))
+    out = {}
+    for d in dirs:
+        manifest = json.loads((d / MANIFEST).read_text())
+        if "cache_parts" in manifest:
+            out[manifest["stage"]] = manifest["cache_parts"]
+    return out
+
+
+def diff_parts(a: Path, b: Path) -> list[tuple[str, str]]:
+    """(stage, what changed in its cache key) for each stage both runs recorded."""
+    pa, pb = stage_parts(a), stage_parts(b)
+    return [(stage, change) for stage in pa if stage in pb for change in changes(pa[stage], pb[stage])]
+
+
 def markdown_diff(a: Path, b: Path, grouped: dict[str, list], ov_a: list[str], ov_b: list[str]) -> str:
     lines = [f"### Config diff: `{a}` vs `{b}`", "", f"- overrides A: `{' '.join(ov_a) or '(none)'}`",
              f"- overrides B: `{' '.join(ov_b) or '(none)'}`", ""]
     if not grouped:
-        return "\n".join(lines + ["No differences in the resolved configs."]) + "\n"
-    lines += ["| group | key | A | B |", "|---|---|---|---|"]
-    for group, rows in grouped.items():
-        for key, va, vb in rows:
-            lines.append(f"| {group} | `{key}` | `{va}` | `{vb}` |")
+        lines.append("No differences in the resolved configs.")
+    else:
+        lines += ["| group | key | A | B |", "|---|---|---|---|"]
+        for group, rows in grouped.items():
+            for key, va, vb in rows:
+                lines.append(f"| {group} | `{key}` | `{va}` | `{vb}` |")
+    parts = diff_parts(a, b)
+    if parts:
+        lines += ["", "What each stage read (its cache key) changed:", "", "| stage | change |", "|---|---|"]
+        lines += [f"| {stage} | {change} |" for stage, change in parts]
     return "\n".join(lines) + "\n"
 
 
@@ -87,14 +103,22 @@ def print_diff(console: Console, a: Path, b: Path, grouped: dict[str, list], ov_
     console.print(f"[bold]B[/] {b}  overrides: {' '.join(ov_b) or '(none)'}")
     if not grouped:
         console.print("[green]No differences in the resolved configs.[/]")
-        return
-    table = Table(show_lines=False)
-    for col in ("group", "key", "A", "B"):
-        table.add_column(col, overflow="fold")
-    for group, rows in grouped.items():
-        for i, (key, va, vb) in enumerate(rows):
-            table.add_row(group if i == 0 else "", key, f"[red]{va}[/]", f"[green]{vb}[/]")
-    console.print(table)
+    else:
+        table = Table(show_lines=False)
+        for col in ("group", "key", "A", "B"):
+            table.add_column(col, overflow="fold")
+        for group, rows in grouped.items():
+            for i, (key, va, vb) in enumerate(rows):
+                table.add_row(group if i == 0 else "", key, f"[red]{va}[/]", f"[green]{vb}[/]")
+        console.print(table)
+    parts = diff_parts(a, b)
+    if parts:
+        table = Table(title="What each stage read (its cache key) changed")
+        table.add_column("stage")
+        table.add_column("change", overflow="fold")
+        for stage, change in parts:
+            table.add_row(stage, change)
+        console.print(table)
 
 
 def sweep_configs(sweep: Path) -> dict[str, dict[str, Any]]:

@@ -111,7 +111,11 @@ def pipeline_sections(run_dir: Path, out: Path, prefix: str = "") -> list[Sectio
         body += _table(rows)
         tests = results.get("tests") or results.get("comparisons")
         if tests:
-            body += "\nStatistical tests:\n\n" + _table(tests if isinstance(tests, list) else [{"test": k, **v} for k, v in tests.items()])
+            tests = tests if isinstance(tests, list) else [{"test": k, **v} for k, v in tests.items()]
+            effects = [t["summary"] for t in tests if t.get("summary")]
+            if effects:  # the effect size and its interval first, the test beside it
+                body += "\nEffect sizes (95 % bootstrap CI):\n\n" + "".join(f"- {e}\n" for e in effects)
+            body += "\nStatistical tests:\n\n" + _table([{k: v for k, v in t.items() if k != "summary"} for t in tests])
         manifest = _read_json(dirs["evaluate"] / "manifest.json")
         plot = manifest.get("outputs", {}).get("plot", "perplexity.png")
         name = _copy_image(dirs["evaluate"] / plot, out, f"{prefix}perplexity.png".replace(" ", "_"))

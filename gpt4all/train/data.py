@@ -13,7 +13,7 @@ import lightning as L
 from datasets import Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
-from gpt4all.core.template import check_truncation, encode_pair
+from gpt4all.core.template import IGNORE_INDEX, check_truncation, encode_pair
 from gpt4all.train.batching import Collator, ResumableSampler, make_units, resume_progress
 from gpt4all.train.guard import check_no_eval_leak
 
@@ -41,6 +41,39 @@ def _saved_without_rows(data_dir: Path) -> bool:
         return json.loads(state.read_text()).get("_data_files") == []
     except (OSError, ValueError):
         return False
+
+
+def encode_gpt4all_2023(tokenizer: Any, template: Any, prompt: str, response: str,
+                        max_length: int) -> tuple[list[int], list[int]]:
+    """Ids and labels as the original GPT4All training code (`data.py`, `tokenize_inputs`, 2023) made them.
+
+    One tokenizer call on prompt + separator + response + suffix, with the tokenizer's special tokens (BOS),
+    truncated at max_length from the right. The mask covers the prompt's own tokenization (BOS included) plus
+    the separator's tokens when tokenized alone, BOS dropped: for a SentencePiece tokenizer "\n" alone is two
+    pieces ("▁", "<0x0A>") but one inside the joint text, so, as in the original, the response's first token
+    is masked too. A prompt of max_length // 2 tokens or more is first cut to its first
+    min(max_length // 2, len(prompt) // 2) characters and its length counted with truncation at max_length // 2.
+    With the `gpt4all_2023` template (prompt "{prompt}\n", suffix eos) this is the original token stream;
+    another template's text before `{prompt}` counts as part of the prompt, its text after it as the separator.
+    """
+    head, _, separator = str(template["prompt"] if isinstance(template, dict) else template.prompt).partition("{prompt}")
+    suffix = str(template["response_suffix"] if isinstance(template, dict) else template.response_suffix)
+    eos, pad = tokenizer.eos_token, tokenizer.pad_token_id
+    if eos and eos != "</s>":  # the original's "hacky backward compatible" step
+        response = response.replace("</s>", eos)
+    sep_ids = list(tokenizer(separator)["input_ids"]) if separator else []
+    if sep_ids and sep_ids[0] == tokenizer.bos_token_id:
+        sep_ids = sep_ids[1:]
+    half = max_length // 2
+    prompt_len = len(tokenizer(head + prompt)["input_ids"])
+    if prompt_len >= half:
+        prompt = prompt[: min(half, len(prompt) // 2)]
+        cut = tokenizer(head + prompt, max_length=half, truncation=True)["input_ids"]
+        prompt_len = sum(t != pad for t in cut)
+    ids = list(tokenizer(head + prompt + separator + response + suffix, max_length=max_length,
+                         truncation=True)["input_ids"])
+    masked = min(prompt_len + len(sep_ids), len(ids))
+    return ids, [IGNORE_INDEX] * masked + ids[masked:]
 
 
 class ChatDataModule(L.LightningDataModule):
@@ -128,10 +161,10 @@ class ChatDataModule(L.LightningDataModule):
             check_no_eval_leak(prompts, ids, str(self.data_dir), self.eval_guard_path)
         examples = []
         for prompt, response in zip(prompts, ds["response"]):
-            ids, labels = encode_pair(
-                self._encode, self.template, prompt, str(response), self.max_length, add_suffix=True,
-                truncation=self.truncation,
-            )
+            if self.truncation == "gpt4all_2023":
+                ids, labels = encode_gpt4all_2023(self.tokenizer, self.template, prompt, str(response), self.max_length)
+            else:
+                ids, labels = encode_pair(self._encode, self.template, prompt, str(response), self.max_length)
             examples.append({"input_ids": ids, "labels": labels})
         order = list(range(len(examples)))
         random.Random(self.seed).shuffle(order)

@@ -38,19 +38,19 @@ def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, matmul_weight: torch.Tensor,
-                targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+                targets: torch.Tensor, chunk_rows: int, reduction: str) -> torch.Tensor:
         ctx.weight_dtype = weight.dtype
-        n = targets.numel()
+        n = targets.numel() if reduction == "mean" else 1  # the divisor: token count (mean) or 1 (sum)
         dtype = matmul_weight.dtype
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # three [chunk, vocab] buffers for all chunks: fresh 25 MB tensors per chunk are page-faulted every time
-        rows = min(chunk_rows, n)
+        rows = min(chunk_rows, targets.numel())
         logits_buf = hidden.new_empty((rows, weight.shape[0]), dtype=dtype)
         wide_buf = logits_buf if dtype == torch.float32 else torch.empty_like(logits_buf, dtype=torch.float32)
         logprobs_buf = torch.empty_like(logits_buf, dtype=torch.float32)
-        for start in range(0, n, chunk_rows):
+        for start in range(0, targets.numel(), chunk_rows):
             h = hidden[start:start + chunk_rows].to(dtype)
             t = targets[start:start + chunk_rows]
             rows = t.numel()
@@ -76,14 +76,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_hidden = None if grad_hidden is None else grad_hidden * grad_out
         grad_weight = None if grad_weight is None else (grad_weight * grad_out).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
-    """Mean cross-entropy of logits `hidden @ weight.T` (hidden [n, d], weight [vocab, d]) against `targets` [n].
-    Matmuls run in the autocast dtype when autocast is on, else in the weight's dtype."""
+                         chunk_rows: int = CHUNK_ROWS, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits `hidden @ weight.T` (hidden [n, d], weight [vocab, d]) against `targets` [n],
+    the mean over the n tokens or (`reduction="sum"`) their sum. Matmuls run in the autocast dtype when autocast
+    is on, else in the weight's dtype."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
     device = weight.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, cast_weight(weight, dtype), targets, chunk_rows)
+        return _LinearCrossEntropy.apply(hidden, weight, cast_weight(weight, dtype), targets, chunk_rows, reduction)

@@ -1,4 +1,5 @@
-"""train: setup (data, model, LoRA, trainer, callbacks) -> fit (or resume) -> save (adapter, merged, card, manifest)."""
+"""train: setup (data: a curate run or data.pairs; model, LoRA, trainer, callbacks) -> fit (or resume) -> save
+(adapter, merged, card, manifest)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from omegaconf import DictConfig
 from gpt4all.core.config import config_hash, latest_run
 from gpt4all.core.manifest import read_manifest, write_manifest
 from gpt4all.core.models import load_model, load_tokenizer, resolve_gguf
+from gpt4all.core.pairs import load_pairs
 from gpt4all.core.template import resolve_template
 from gpt4all.core.tracking import Tracker
 from gpt4all.train.card import model_card
 from gpt4all.train.data import ChatDataModule
-from gpt4all.train.module import LoRAModule
+from gpt4all.train.module import LoRAModule, peft_config
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +63,29 @@ def resume_path(resume: str | None, run_dir: Path) -> str | None:
     return str(p)
 
 
-def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-    curate_dir = Path(cfg.train.data_dir) if cfg.train.data_dir else latest_run(cfg.paths.output_dir, "curate")
-    dataset_dir = read_manifest(curate_dir, "curate")["outputs"]["dataset"]
-    L.seed_everything(cfg.seed, workers=True)
+def training_data(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, Path, dict[str, Any] | None, dict[str, int]]:
+    """(curate dir, dataset dir, pairs info, dropped rows by reason): train.data_dir, else the pairs of data.pairs
+    (saved to <run dir>/data; rows with an empty prompt or response are dropped and counted), else the latest
+    curate run."""
+    if cfg.train.data_dir or not cfg.data.get("pairs"):
+        curate_dir = Path(cfg.train.data_dir) if cfg.train.data_dir else latest_run(cfg.paths.output_dir, "curate")
+        curate = read_manifest(curate_dir, "curate")
+        return curate_dir, Path(curate["outputs"]["dataset"]), curate["inputs"].get("pairs"), {}
+    pairs = load_pairs(cfg.data.pairs)
+    dropped = pairs.drop_empty()
+    if not len(pairs):
+        raise ValueError(f"data.pairs {pairs.location}: every row has an empty prompt or response ({dropped})")
+    dataset_dir = run_dir / "data"
+    pairs.to_dataset().save_to_disk(str(dataset_dir))
+    return None, dataset_dir, pairs.info(), dropped
 
+
+def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    L.seed_everything(cfg.seed, workers=True)
+    peft_config(cfg.lora)  # a bad lora node, then an unreachable model, fail before the data and the model load
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     template = resolve_template(cfg.model.template, tokenizer)
+    curate_dir, dataset_dir, pairs, dropped = training_data(cfg, run_dir)
     t = cfg.train
     datamodule = ChatDataModule(
         dataset_dir, tokenizer, template, max_length=cfg.model.max_length, batch_size=t.batch_size,
@@ -106,7 +124,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         return metrics
     saved = module.save(run_dir, tokenizer)
     card = run_dir / "README.md"
-    card.write_text(model_card(cfg, curate_dir, template, metrics))
+    card.write_text(model_card(cfg, curate_dir, template, metrics, pairs))
     for d in saved.values():
         if d is not None:
             shutil.copy(card, d / "README.md")
@@ -114,13 +132,13 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     write_manifest(
         run_dir, "train", config_hash(cfg),
         inputs={
-            "curate_dir": curate_dir, "dataset": dataset_dir, "model": cfg.model.name,
+            "curate_dir": curate_dir, "dataset": dataset_dir, "pairs": pairs, "model": cfg.model.name,
             "template": template, "gguf_source": gguf_source, "resumed_from": ckpt,
         },
         outputs={"adapter": saved["adapter"], "merged": saved["merged"], "model_card": card,
                  "checkpoint": Path(ckpt_cb.last_model_path) if (ckpt_cb := _checkpoint(callbacks)) and
                  ckpt_cb.last_model_path else None},
-        metrics=metrics,
+        counts={"dropped": dropped} if dropped else None, metrics=metrics,
     )
     return {"adapter": str(saved["adapter"]), "merged": str(saved["merged"]), **metrics}
 

