@@ -288,6 +288,6 @@ def test_evaluate_gpt4all_2023_method_and_explicit_compare(train_run, q4_run, tm
 
 def test_bad_model_spec_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"evaluate\.models\.x\.kind"):
-        stage("evaluate", tmp_path / "e", ["+evaluate.models.x={kind: onnx, path: /tmp}", "eval.limit=1"])
+        stage("evaluate", tmp_path / "e", [f"+evaluate.models.x={{kind: onnx, path: {tmp_path}}}", "eval.limit=1"])
     with pytest.raises(ValueError, match=r"evaluate.compare entry"):
         stage("evaluate", tmp_path / "e2", ["evaluate.compare=[[a,b]]", "eval.limit=1"])
