@@ -1,4 +1,4 @@
-"""GGUF export, llama.cpp quantization and generation (offline; the SmolLM2 test takes ~10-40 s)."""
+"""GGUF export through llama.cpp's converter, quantization and generation (offline; the SmolLM2 test takes ~10-40 s)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gpt4all.core.models import load_model, load_tokenizer, smollm2_gguf_path
 from gpt4all.quantize import gguf as qg
+from gpt4all.quantize.convert import ConversionError, export_gguf, set_metadata
 
 TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
 
@@ -48,6 +49,7 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
             layer.self_attn.q_proj.weight.mul_(10)
             layer.self_attn.k_proj.weight.mul_(10)
     model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(out)
     return out
 
 
@@ -60,12 +62,17 @@ def tokens(tiny_model_dir) -> list[int]:
 
 @pytest.fixture(scope="module")
 def tiny_f16(tiny_model_dir, tmp_path_factory) -> Path:
-    return qg.export_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", smollm2_gguf_path())
+    return export_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf")
 
 
-def test_export_f32_matches_hf_logits(sharp_model_dir, tokens, tmp_path):
-    out = qg.export_gguf(sharp_model_dir, tmp_path / "tiny-f32.gguf", smollm2_gguf_path(), dtype="f32")
-    assert out.is_file() and not list(tmp_path.glob("*.tmp"))
+@pytest.fixture(scope="module")
+def sharp_f32(sharp_model_dir, tmp_path_factory) -> Path:
+    return export_gguf(sharp_model_dir, tmp_path_factory.mktemp("gguf32") / "tiny-f32.gguf", "f32")
+
+
+def test_export_f32_matches_hf_logits(sharp_model_dir, sharp_f32, tokens):
+    out = sharp_f32
+    assert out.is_file() and not list(out.parent.glob("*.tmp"))
 
     import gguf
 
@@ -74,7 +81,9 @@ def test_export_f32_matches_hf_logits(sharp_model_dir, tokens, tmp_path):
     assert r.fields["llama.block_count"].contents() == 2
     assert r.fields["llama.attention.head_count_kv"].contents() == 2
     assert r.fields["general.file_type"].contents() == int(gguf.LlamaFileType.ALL_F32)
-    assert "tokenizer.chat_template" in r.fields
+    assert r.fields["tokenizer.chat_template"].contents() == smollm2_chat_template()
+    assert r.fields["tokenizer.ggml.pre"].contents() == "smollm"
+    assert r.fields["tokenizer.ggml.eos_token_id"].contents() == 2  # <|im_end|>, as in the bundled GGUF
     assert "output.weight" not in {t.name for t in r.tensors}  # tied embeddings
 
     ref, got = _hf_logits(sharp_model_dir, tokens), _llama_logits(out, tokens)
@@ -84,12 +93,16 @@ def test_export_f32_matches_hf_logits(sharp_model_dir, tokens, tmp_path):
     assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
-def test_wrong_qk_permutation_is_detected(sharp_model_dir, tokens, tmp_path, monkeypatch):
-    """Negative control: without the q/k re-permutation the logits must disagree."""
-    monkeypatch.setattr(qg, "_permute", lambda w, n_head: w)
-    out = qg.export_gguf(sharp_model_dir, tmp_path / "bad.gguf", smollm2_gguf_path(), dtype="f32")
-    ref, got = _hf_logits(sharp_model_dir, tokens), _llama_logits(out, tokens)
-    assert float(np.abs(got - ref).max()) > 0.1 * float(np.abs(ref).max())
+def smollm2_chat_template() -> str:
+    import gguf
+
+    return gguf.GGUFReader(str(smollm2_gguf_path())).fields["tokenizer.chat_template"].contents()
+
+
+def test_logit_check_detects_a_wrong_qk(tiny_model_dir, sharp_f32, tokens):
+    """Negative control: the sharpened file against the unsharpened model (q/k off by 10x) must disagree."""
+    ref, got = _hf_logits(tiny_model_dir, tokens), _llama_logits(sharp_f32, tokens)
+    assert float(np.abs(got - ref).max()) > 0.1 * float(np.abs(got).max())
 
 
 def test_quantize_q8_0_keeps_the_logits_and_generates(tiny_f16, tokens, tmp_path):
@@ -103,13 +116,15 @@ def test_quantize_q8_0_keeps_the_logits_and_generates(tiny_f16, tokens, tmp_path
     assert qg.generate(dst, TEXT, max_tokens=8) == qg.generate(tiny_f16, TEXT, max_tokens=8)
 
 
-def _smollm2_f16(cache_dir: str, tmp_path: Path, **export: object) -> Path:
+def _smollm2_f16(cache_dir: str, tmp_path: Path, pre_tokenizer: str | None = None) -> Path:
     cfg = OmegaConf.create({"source": "gguf", "gguf_file": None, "pretrained": None})
     model_dir = tmp_path / "smollm2"
     load_model(cfg, cache_dir).save_pretrained(model_dir)
     load_tokenizer(cfg, cache_dir).save_pretrained(model_dir)
-    f16 = qg.export_gguf(model_dir, tmp_path / "smollm2-f16.gguf", smollm2_gguf_path(), **export)
+    f16 = export_gguf(model_dir, tmp_path / "smollm2-f16.gguf")
     shutil.rmtree(model_dir)
+    if pre_tokenizer:
+        set_metadata(f16, pre_tokenizer=pre_tokenizer)
     return f16
 
 
@@ -134,20 +149,23 @@ def test_quantize_failure_leaves_no_output(tmp_path):
     assert not dst.exists()
 
 
-def test_vocab_mismatch_raises(tiny_model_dir, tmp_path):
-    bad = tmp_path / "bad_vocab"
+def test_converter_failure_leaves_no_file(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad_weights"
     shutil.copytree(tiny_model_dir, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["vocab_size"] = 1000
-    (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="vocab size mismatch"):
-        qg.export_gguf(bad, tmp_path / "bad.gguf", smollm2_gguf_path())
-    assert not list(tmp_path.glob("*.gguf*"))
+    for f in bad.glob("*.safetensors"):
+        f.write_bytes(b"not a safetensors file" * 10)
+    with pytest.raises(ConversionError, match="convert_hf_to_gguf.py failed"):
+        export_gguf(bad, tmp_path / "out" / "bad.gguf")
+    assert not list((tmp_path / "out").glob("*"))
+    for f in bad.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        export_gguf(bad, tmp_path / "out" / "bad.gguf")
 
 
-def test_export_rejects_bad_dtype(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="dtype"):
-        qg.export_gguf(tiny_model_dir, tmp_path / "x.gguf", smollm2_gguf_path(), dtype="q4_0")
+def test_export_rejects_bad_outtype(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="outtype"):
+        export_gguf(tiny_model_dir, tmp_path / "x.gguf", "q4_0")
 
 
 BINDINGS_PYTHON = os.environ.get("GPT4ALL_BINDINGS_PYTHON")

@@ -169,12 +169,12 @@ def test_nan_policy():
 def test_hf_and_f16_gguf_agree_within_one_percent(tiny, tmp_path):
     """The same model through HF and through its f16 GGUF (llama.cpp), both scoring methods."""
     from gpt4all.core.lm import GGUFLM, HFLM, score_nll
-    from gpt4all.core.models import smollm2_gguf_path
-    from gpt4all.quantize.gguf import export_gguf
+    from gpt4all.quantize.convert import export_gguf
 
     model, tok = tiny
     model.save_pretrained(tmp_path / "hf")
-    f16 = export_gguf(tmp_path / "hf", tmp_path / "m-f16.gguf", smollm2_gguf_path(), dtype="f16")
+    tok.save_pretrained(tmp_path / "hf")
+    f16 = export_gguf(tmp_path / "hf", tmp_path / "m-f16.gguf", "f16")
     examples = [(p, "", r) for p, r in PAIRS]
     gg = GGUFLM(f16, n_ctx=512)
     try:

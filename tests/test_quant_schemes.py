@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def stage(name: str, run_dir: Path, overrides: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory, tiny_model_cfg, cache_dir) -> Path:
     """A train run dir as gpt4all-train writes it: a LoRA adapter (random, non-zero B) on the seed-42 tiny model,
-    the merged model, a curated dataset, and the manifest (template, gguf_source)."""
+    the merged model (with its tokenizer), a curated dataset, and the manifest (template)."""
     import datasets
     from peft import LoraConfig, get_peft_model
 
@@ -68,7 +69,7 @@ def train_run(tmp_path_factory, tiny_model_cfg, cache_dir) -> Path:
             "response": [f"{i} plus {i} is {2 * i}." for i in range(12)]}
     datasets.Dataset.from_dict(rows).save_to_disk(str(d / "dataset"))
     write_manifest(d, "train", "test", inputs={"dataset": str(d / "dataset"), "model": "tiny_random",
-                                               "template": TEMPLATE, "gguf_source": str(smollm2_gguf_path())},
+                                               "template": TEMPLATE},
                    outputs={"adapter": d / "adapter", "merged": d / "merged"})
     return d
 
@@ -146,16 +147,40 @@ def _without_key(src: Path, dst: Path, drop: str) -> Path:
     return dst
 
 
-def test_missing_chat_template_fails_before_writing(train_run, tmp_path, tmp_path_factory):
-    bad_source = _without_key(smollm2_gguf_path(), tmp_path / "no_template.gguf", "tokenizer.chat_template")
-    broken = tmp_path / "train"
-    broken.mkdir()
+def _train_run_variant(train_run: Path, out: Path, template: dict, drop_chat_template: bool) -> Path:
+    """A copy of the train run with another training template (and optionally no chat template in merged/)."""
+    shutil.copytree(train_run, out)
+    if drop_chat_template:
+        (out / "merged" / "chat_template.jinja").unlink()
     m = read_manifest(train_run, "train")
-    write_manifest(broken, "train", "x", inputs={**m["inputs"], "gguf_source": str(bad_source)}, outputs=m["outputs"])
+    write_manifest(out, "train", "x", inputs={**m["inputs"], "template": template},
+                   outputs={"adapter": out / "adapter", "merged": out / "merged"})
+    return out
+
+
+TEXT_TEMPLATE = {"prompt": "### Instruction:\n{prompt}\n### Response:\n", "response_suffix": "<|im_end|>"}
+
+
+def test_text_template_becomes_the_gguf_chat_template(train_run, tmp_path, tmp_path_factory):
+    """A base model (no chat template) trained with a text template: the GGUF chats in the training format."""
+    import jinja2
+
+    variant = _train_run_variant(train_run, tmp_path / "train", TEXT_TEMPLATE, drop_chat_template=True)
+    art = read_manifest(quantize(variant, tmp_path_factory, "gguf_f16"), "quantize")["outputs"]["gguf"]
+    chat = gguf.GGUFReader(art).fields["tokenizer.chat_template"].contents()
+    turns = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Bye?"}]
+    assert jinja2.Template(chat).render(messages=turns) == \
+        "### Instruction:\nHi?\n### Response:\nHello.<|im_end|>### Instruction:\nBye?\n### Response:\n"
+    assert check_metadata(art, OmegaConf.create(TEXT_TEMPLATE))["stop_token"] == "<|im_end|>"
+
+
+def test_chat_template_mismatch_fails_and_leaves_no_file(train_run, tmp_path):
+    variant = _train_run_variant(train_run, tmp_path / "train", TEXT_TEMPLATE, drop_chat_template=False)
     run_dir = tmp_path / "q"
-    with pytest.raises(GGUFCompatibilityError, match="no tokenizer.chat_template"):
-        stage("quantize", run_dir, [f"quantize.model_dir={broken}", "quant=gguf_q4_0"])
-    assert not list(run_dir.glob("*.gguf"))
+    with pytest.raises(GGUFCompatibilityError, match="trained on"):
+        stage("quantize", run_dir, [f"quantize.model_dir={variant}", "quant=gguf_q4_0"])
+    assert not list(run_dir.glob("*.gguf*"))
     with pytest.raises(GGUFCompatibilityError, match="eos_token_id"):
         check_metadata(_without_key(smollm2_gguf_path(), tmp_path / "no_eos.gguf", "tokenizer.ggml.eos_token_id"))
 
@@ -263,6 +288,6 @@ def test_evaluate_gpt4all_2023_method_and_explicit_compare(train_run, q4_run, tm
 
 def test_bad_model_spec_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"evaluate\.models\.x\.kind"):
-        stage("evaluate", tmp_path / "e", ["+evaluate.models.x={kind: onnx, path: /tmp}", "eval.limit=1"])
+        stage("evaluate", tmp_path / "e", [f"+evaluate.models.x={{kind: onnx, path: {tmp_path}}}", "eval.limit=1"])
     with pytest.raises(ValueError, match=r"evaluate.compare entry"):
         stage("evaluate", tmp_path / "e2", ["evaluate.compare=[[a,b]]", "eval.limit=1"])

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from gpt4all.core.config import conf_dir
 from gpt4all.core.lm import GGUFLM, HFLM, score_nll
 from gpt4all.core.metrics import perplexities
-from gpt4all.core.models import load_model, load_tokenizer, smollm2_gguf_path
+from gpt4all.core.models import load_model, load_tokenizer
 from gpt4all.core.template import render_prompt
 
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from gpt4all.evaluate.suites import load_suite
-    from gpt4all.quantize.gguf import export_gguf, quantize_gguf
+    from gpt4all.quantize.convert import export_gguf
+    from gpt4all.quantize.gguf import quantize_gguf
     from gpt4all.quantize.hf_quant import weights_size_mb
 
     model_cfg = OmegaConf.load(conf_dir() / "model" / "smollm2_135m.yaml")
@@ -56,7 +57,9 @@ def main(argv: list[str]) -> int:
         hf_dir = Path(tmp) / "hf"
         model = load_model(model_cfg, args.cache_dir)
         model.save_pretrained(hf_dir)
-        hf = HFLM(model, load_tokenizer(model_cfg, args.cache_dir))
+        tokenizer = load_tokenizer(model_cfg, args.cache_dir)
+        tokenizer.save_pretrained(hf_dir)
+        hf = HFLM(model, tokenizer)
         torch.set_num_threads(max(1, args.threads))
         hf_nll = score_nll(hf, "conditional", examples, model_cfg.template, batch_size=8, progress=False)
         base = {"scheme": "fp32 (HF)", "size_mb": weights_size_mb(hf_dir), "tokens_per_s": _speed(hf, prompt, args.tokens),
@@ -64,7 +67,7 @@ def main(argv: list[str]) -> int:
         rows.append(base)
         hf.close()
         start = time.perf_counter()
-        f16 = export_gguf(hf_dir, Path(tmp) / "f16.gguf", smollm2_gguf_path())
+        f16 = export_gguf(hf_dir, Path(tmp) / "f16.gguf")
         export_s = time.perf_counter() - start
         for scheme in args.schemes.split(","):
             start = time.perf_counter()

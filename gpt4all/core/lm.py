@@ -111,7 +111,8 @@ class GGUFLM:
     def generate(self, prompt: str, max_tokens: int = 64) -> Generation:
         self.llm.reset()
         start = time.perf_counter()
-        out = self.llm(prompt, max_tokens=max_tokens, temperature=0.0)
+        # the prompt tokenized as HFLM does (no BOS added: a template that needs one, e.g. Gemma's, writes it)
+        out = self.llm(self.encode(prompt), max_tokens=max_tokens, temperature=0.0)
         seconds = time.perf_counter() - start
         return Generation(out["choices"][0]["text"], int(out["usage"]["completion_tokens"]), seconds)
 

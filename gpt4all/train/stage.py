@@ -129,7 +129,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     for d in saved.values():
         if d is not None:
             shutil.copy(card, d / "README.md")
-    gguf_source = str(resolve_gguf(cfg.model.gguf_file)) if cfg.model.source in ("gguf", "tiny_random") else None
+    gguf_source = str(resolve_gguf(cfg.model.gguf_file, cfg.paths.cache_dir)) if cfg.model.source in ("gguf", "tiny_random") else None
     write_manifest(
         run_dir, "train", config_hash(cfg),
         inputs={
