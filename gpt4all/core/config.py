@@ -33,6 +33,14 @@ def validate(cfg: DictConfig) -> DictConfig:
         if key not in cfg:
             continue
         node = cfg[key]
+        target = None
+        if not isinstance(schema, type):  # a function of the node, e.g. the class its _target_ names
+            try:
+                schema = schema(node)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            target = node.get("_target_")
+            node = OmegaConf.masked_copy(node, [k for k in node if k != "_target_"])
         try:
             merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         except OmegaConfBaseException as err:
@@ -44,6 +52,8 @@ def validate(cfg: DictConfig) -> DictConfig:
             ) from None
         with_flag = OmegaConf.is_struct(cfg)
         OmegaConf.set_struct(cfg, False)
+        if target is not None:
+            merged = OmegaConf.merge({"_target_": target}, OmegaConf.to_container(merged))
         cfg[key] = merged
         OmegaConf.set_struct(cfg, with_flag)
         missing = OmegaConf.missing_keys(cfg[key])

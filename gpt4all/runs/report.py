@@ -112,6 +112,11 @@ def pipeline_sections(run_dir: Path, out: Path, prefix: str = "") -> list[Sectio
         tests = results.get("tests") or results.get("comparisons")
         if tests:
             body += "\nStatistical tests:\n\n" + _table(tests if isinstance(tests, list) else [{"test": k, **v} for k, v in tests.items()])
+        div = results.get("divergence")
+        if div:
+            body += "\nKL divergence to the unquantized model (same engine, response tokens):\n\n" + _table(
+                [{"model": m, **{k: v for k, v in d.items() if k != "reference" and not isinstance(v, list)}}
+                 for m, d in div.items()])
         manifest = _read_json(dirs["evaluate"] / "manifest.json")
         plot = manifest.get("outputs", {}).get("plot", "perplexity.png")
         name = _copy_image(dirs["evaluate"] / plot, out, f"{prefix}perplexity.png".replace(" ", "_"))
