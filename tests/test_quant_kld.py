@@ -112,8 +112,8 @@ def test_model_kld_against_itself_zero_and_against_perturbed_copy_positive(hf_pa
 
 def quantize_run(train_run: Path, tmp_path: Path, *overrides: str) -> Path:  # noqa: F811
     run_dir = tmp_path / "q"
-    stage("quantize", run_dir, [f"quantize.model_dir={train_run}", "quant.smoke_max_tokens=4",
-                                "quant.measure_unquantized=false", *overrides])
+    stage("quantize", run_dir, [f"quantize.model_dir={train_run}", "++quant.smoke_max_tokens=4",
+                                "++quant.measure_unquantized=false", *overrides])
     return run_dir
 
 

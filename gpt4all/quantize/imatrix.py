@@ -13,7 +13,7 @@ from typing import Any
 
 import gguf
 
-from gpt4all.core.llamacpp import tool
+from gpt4all.core.llamacpp import tool, use_extra_buffers
 
 # llama.cpp refuses these without an importance matrix ("this quantization requires an imatrix")
 REQUIRES_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "q2_k_s")
@@ -99,7 +99,8 @@ def compute_imatrix(model_gguf: Path, cal: Calibration, out_dir: Path, ctx: int 
     text_path.write_text(cal.text)
     out = out_dir / "imatrix.gguf"
     _run([str(tool("llama-imatrix")), "-m", str(model_gguf), "-f", str(text_path), "-o", str(out), "-c", str(ctx),
-          "--no-ppl", "--parse-special", "-t", str(n_threads), "-b", str(ctx)], "llama-imatrix")
+          "--no-ppl", "--parse-special", "-t", str(n_threads), "-b", str(ctx),
+          *([] if use_extra_buffers() else ["--no-repack"])], "llama-imatrix")
     reader = gguf.GGUFReader(str(out))
     return {"path": str(out), "calibration_text": str(text_path), "dataset": cal.source,
             "dataset_digest": cal.digest, "pairs": cal.pairs, "tokens": cal.tokens, "ctx": ctx,

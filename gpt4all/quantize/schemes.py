@@ -78,12 +78,17 @@ class Scheme:
         return load_lm(spec, n_threads=n_threads, n_ctx=n_ctx)
 
 
+def export_model(model_dir: Path, out: Path, source: Path, dtype: str = "f16", pre_tokenizer: str | None = None) -> Path:
+    """The one call to the HF -> GGUF exporter (schemes and the benchmark), tokenizer metadata from `source`."""
+    return export_gguf(model_dir, out, open_reader(source), dtype=dtype, pre_tokenizer=pre_tokenizer)
+
+
 def export_f16(job: Job, model_dir: Path, out: Path, dtype: str = "f16", pre_tokenizer: str | None = None,
                require_chat_template: bool = True, check_template: bool = True) -> Path:
-    """The one GGUF export every scheme uses: check the source metadata, write, check the written file."""
+    """A checked GGUF export: check the source metadata, write, check the written file."""
     source = job.gguf_source()
     found = check_metadata(source, job.template if check_template else None, require_chat_template)
-    path = export_gguf(model_dir, out, open_reader(source), dtype=dtype, pre_tokenizer=pre_tokenizer)
+    path = export_model(model_dir, out, source, dtype, pre_tokenizer)
     tokenizer_dir = model_dir if (Path(model_dir) / "tokenizer.json").exists() else None
     check_written(path, tokenizer_dir, found)
     return path
