@@ -15,7 +15,14 @@ from omegaconf import OmegaConf
 from test_quant_schemes import TEMPLATE, stage, train_run  # noqa: F401 - train_run is a fixture
 
 from gpt4all.core.config import ConfigError
-from gpt4all.core.lm import HFLM, GGUFLM, Spec, load_lm, resolve_run_dir, score_divergence
+from gpt4all.core.lm import (
+    GGUFLM,
+    HFLM,
+    Spec,
+    load_lm,
+    resolve_run_dir,
+    score_divergence,
+)
 from gpt4all.core.manifest import read_manifest
 from gpt4all.core.metrics import Divergence, token_divergence
 from gpt4all.quantize.schemes import Job, Made, Scheme

@@ -30,8 +30,13 @@ from omegaconf import OmegaConf
 
 from gpt4all.core.config import CONF_DIR
 from gpt4all.core.jsonl import iter_jsonl
-from gpt4all.core.lm import GGUFLM, HFLM, load_lm, Spec
-from gpt4all.core.metrics import Divergence, conditional_sequences, instruction_prompt, perplexities
+from gpt4all.core.lm import GGUFLM, HFLM, Spec, load_lm
+from gpt4all.core.metrics import (
+    Divergence,
+    conditional_sequences,
+    instruction_prompt,
+    perplexities,
+)
 from gpt4all.core.models import load_model, load_tokenizer, smollm2_gguf_path
 from gpt4all.core.template import render_prompt
 
@@ -55,7 +60,9 @@ def cpu_info() -> dict[str, Any]:
 
 
 def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
-    """Single-thread read bandwidth: the best of `repeats` sums over a `mb` MiB array (the decode ceiling)."""
+    """Single-thread read bandwidth: the best of `repeats` sums over a `mb` MiB array (the decode ceiling: a
+    memory-bound decoder reads every weight byte once per token)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     x = torch.ones(mb * 2**20 // 4, dtype=torch.float32)
     best = float("inf")
@@ -63,6 +70,7 @@ def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
         start = time.perf_counter()
         x.sum()
         best = min(best, time.perf_counter() - start)
+    torch.set_num_threads(threads)
     return x.numel() * 4 / best / 1e9
 
 
@@ -113,8 +121,9 @@ def score_all(ref: Any, models: dict[str, Any], seqs: Any) -> dict[str, Divergen
     out = {name: Divergence() for name in models}
     for i, (ids, labels) in enumerate(zip(seqs.seqs, seqs.labels)):
         ref_logits, target = ref.scored_logits(ids, labels)
+        log_ref = torch.log_softmax(ref_logits.double(), -1)
         for name, lm in models.items():
-            out[name].add(ref_logits, lm.scored_logits(ids, labels)[0], target)
+            out[name].add(ref_logits, lm.scored_logits(ids, labels)[0], target, log_ref)
         if (i + 1) % 25 == 0:
             print(f"  scored {i + 1}/{len(seqs.seqs)} examples", flush=True)
     return out
@@ -149,7 +158,6 @@ def main(argv: list[str]) -> int:
     from gpt4all.evaluate.suites import load_suite
     from gpt4all.quantize import imatrix as im
     from gpt4all.quantize.gguf import quantize_gguf
-    from gpt4all.quantize.hf_quant import bnb_quantize, gptq_quantize, weights_size_mb
     from gpt4all.quantize.schemes import export_model
 
     torch.set_num_threads(args.threads)
@@ -223,10 +231,11 @@ def main(argv: list[str]) -> int:
         prompt = render_prompt(template, PROMPT)
         for name, path in paths.items():
             nbytes, nel = gguf_weights(path)
+            bandwidth = memory_bandwidth_gbs(256, 3)  # beside each speed measurement: same machine state
             row = {"scheme": name, "engine": "llama.cpp", "reference": "f16 GGUF", "size_mb": round(path.stat().st_size / 2**20, 2),
                    "bits_per_weight": round(8 * nbytes / nel, 3),
                    "tokens_per_s": round(decode_speed(path, prompt, args.tokens, args.threads), 1),
-                   "ceiling_tokens_per_s": round(res["bandwidth_gbs"] * 1e9 / nbytes, 1)}
+                   "bandwidth_gbs": round(bandwidth, 2), "ceiling_tokens_per_s": round(bandwidth * 1e9 / nbytes, 1)}
             row["of_ceiling"] = round(row["tokens_per_s"] / row["ceiling_tokens_per_s"], 3)
             if name != "f16":
                 row.update(row_stats(divs[name]))
@@ -242,42 +251,55 @@ def main(argv: list[str]) -> int:
             print("gptq skipped: needs gptqmodel (pip install -e '.[gptq]') and --calibration")
             hf_schemes.remove("gptq")
         if hf_schemes:
-            hf_paths = {}
-            for scheme in hf_schemes:
-                start = time.perf_counter()
-                if scheme == "gptq":
-                    texts, _ = calibration_texts(args.calibration, template, 128, eval_prompts)
-                    hf_paths[scheme] = gptq_quantize(hf_dir, tmp / "gptq", texts, group_size=64, max_tokens=256,
-                                                     cache_dir=args.cache_dir)
-                else:
-                    hf_paths[scheme] = bnb_quantize(hf_dir, tmp / "nf4", "nf4")
-                print(f"{scheme}: made in {time.perf_counter() - start:.0f} s", flush=True)
-            ref = HFLM(*_hf(hf_dir))
-            fp32_speed = statistics.median(ref.generate(prompt, args.tokens).tokens_per_s for _ in range(3))
-            hf_models = {s: load_lm(Spec(s if s == "gptq" else "bnb", str(p))) for s, p in hf_paths.items()}
-            hseqs = conditional_sequences(ref.encode, template, [(instruction_prompt(i, x), o) for i, x, o in examples],
-                                          args.max_length)
-            start = time.perf_counter()
-            hdivs = score_all(ref, hf_models, hseqs)
-            res["hf_scoring_seconds"] = round(time.perf_counter() - start, 1)
-            res["rows"].append({"scheme": "fp32", "engine": "transformers", "size_mb": weights_size_mb(hf_dir),
-                                "bits_per_weight": 32.0, "tokens_per_s": round(fp32_speed, 1),
-                                "speedup_vs_f16": round(fp32_speed / f16_speed, 2)})
-            for s, lm in hf_models.items():
-                speed = statistics.median(lm.generate(prompt, args.tokens).tokens_per_s for _ in range(3))
-                size = weights_size_mb(hf_paths[s])
-                res["rows"].append({"scheme": s, "engine": "transformers", "reference": "fp32 HF", "size_mb": size,
-                                    "bits_per_weight": round(8 * size * 2**20 / n_params, 3),
-                                    "tokens_per_s": round(speed, 1), "speedup_vs_f16": round(speed / f16_speed, 2),
-                                    **row_stats(hdivs[s])})
-                lm.close()
-                save()
-            ref.close()
+            try:
+                hf_rows(args, res, hf_schemes, hf_dir, tmp, template, examples, eval_prompts, prompt, f16_speed,
+                        n_params, save)
+            except Exception as err:  # noqa: BLE001 - the GGUF rows above stay recorded
+                res["hf_error"] = f"{type(err).__name__}: {err}"
+                print(f"transformers schemes failed: {res['hf_error']}", flush=True)
     res["loadavg_end"] = os.getloadavg()
     res["goals"] = goals(res["rows"])
     save()
     print_table(res)
     return 0
+
+
+def hf_rows(args: Any, res: dict[str, Any], hf_schemes: list[str], hf_dir: Path, tmp: Path, template: Any,
+            examples: list, eval_prompts: set[str], prompt: str, f16_speed: float, n_params: int, save: Any) -> None:
+    """GPTQ / nf4 made from the fp32 checkpoint and scored against it in transformers (same examples)."""
+    from gpt4all.quantize.hf_quant import bnb_quantize, gptq_quantize, weights_size_mb
+
+    hf_paths = {}
+    for scheme in hf_schemes:
+        start = time.perf_counter()
+        if scheme == "gptq":
+            texts, _ = calibration_texts(args.calibration, template, 128, eval_prompts)
+            hf_paths[scheme] = gptq_quantize(hf_dir, tmp / "gptq", texts, group_size=64, max_tokens=256,
+                                             cache_dir=args.cache_dir)
+        else:
+            hf_paths[scheme] = bnb_quantize(hf_dir, tmp / "nf4", "nf4")
+        print(f"{scheme}: made in {time.perf_counter() - start:.0f} s", flush=True)
+    ref = HFLM(*_hf(hf_dir))
+    fp32_speed = statistics.median(ref.generate(prompt, args.tokens).tokens_per_s for _ in range(3))
+    hf_models = {s: load_lm(Spec(s if s == "gptq" else "bnb", str(p))) for s, p in hf_paths.items()}
+    hseqs = conditional_sequences(ref.encode, template, [(instruction_prompt(i, x), o) for i, x, o in examples],
+                                  args.max_length)
+    start = time.perf_counter()
+    hdivs = score_all(ref, hf_models, hseqs)
+    res["hf_scoring_seconds"] = round(time.perf_counter() - start, 1)
+    res["rows"].append({"scheme": "fp32", "engine": "transformers", "size_mb": weights_size_mb(hf_dir),
+                        "bits_per_weight": 32.0, "tokens_per_s": round(fp32_speed, 1),
+                        "speedup_vs_f16": round(fp32_speed / f16_speed, 2)})
+    for s, lm in hf_models.items():
+        speed = statistics.median(lm.generate(prompt, args.tokens).tokens_per_s for _ in range(3))
+        size = weights_size_mb(hf_paths[s])
+        res["rows"].append({"scheme": s, "engine": "transformers", "reference": "fp32 HF", "size_mb": size,
+                            "bits_per_weight": round(8 * size * 2**20 / n_params, 3),
+                            "tokens_per_s": round(speed, 1), "speedup_vs_f16": round(speed / f16_speed, 2),
+                            **row_stats(hdivs[s])})
+        lm.close()
+        save()
+    ref.close()
 
 
 def _hf(path: Path) -> tuple[Any, Any]:

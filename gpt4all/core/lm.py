@@ -19,7 +19,6 @@ import torch
 from tqdm.auto import tqdm
 
 from gpt4all.core.manifest import read_manifest
-from gpt4all.core.template import IGNORE_INDEX
 from gpt4all.core.metrics import (
     METHODS,
     Divergence,
@@ -29,6 +28,7 @@ from gpt4all.core.metrics import (
     sequence_nll_hf,
     sequence_nll_llama,
 )
+from gpt4all.core.template import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Spec:
     lora: str | None = None  # gguf: a llama.cpp LoRA GGUF applied at load time
     template: Any = None
     scheme: str | None = None  # a quantization scheme class (dotted path) whose `load` opens this artifact
-    reference: "Spec | None" = None  # the unquantized model in the same engine (for KL divergence)
+    reference: Spec | None = None  # the unquantized model in the same engine (for KL divergence)
 
 
 @dataclass

@@ -273,12 +273,14 @@ def compare_perplexities(a: Sequence[float], b: Sequence[float], paired: bool = 
 
 # ---------------------------------------------------------------- KL divergence to the unquantized model
 
-def token_divergence(ref_logits: Any, q_logits: Any, targets: Any) -> dict[str, torch.Tensor]:
+def token_divergence(ref_logits: Any, q_logits: Any, targets: Any, log_ref: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
     """Per scored token, a quantized model against its reference (llama-perplexity --kl-divergence's terms).
 
     `ref_logits` and `q_logits` are [N, V] logits at the N positions that predict `targets` [N]. Returns float64
     tensors: `kld` = KL(P_ref || P_q), `same_top` (1.0 where both argmaxes agree), `delta_p` = P_q(target) -
-    P_ref(target), and `nll_ref` / `nll_q` of the target. Vectorised over tokens, in float64.
+    P_ref(target), and `nll_ref` / `nll_q` of the target. Vectorised over tokens, in float64. `log_ref`: the
+    reference's log-softmax when already computed (one reference against many models).
     """
     ref = torch.as_tensor(ref_logits).double()
     q = torch.as_tensor(q_logits).double()
@@ -286,7 +288,8 @@ def token_divergence(ref_logits: Any, q_logits: Any, targets: Any) -> dict[str, 
         raise ValueError(f"reference and quantized logits must be [tokens, vocab] of one shape: {tuple(ref.shape)} "
                          f"vs {tuple(q.shape)}")
     t = torch.as_tensor(targets, dtype=torch.long).reshape(-1, 1)
-    log_ref, log_q = torch.log_softmax(ref, -1), torch.log_softmax(q, -1)
+    log_ref = torch.log_softmax(ref, -1) if log_ref is None else log_ref
+    log_q = torch.log_softmax(q, -1)
     kld = (log_ref.exp() * (log_ref - log_q)).sum(-1).clamp_min(0.0)
     nll_ref, nll_q = -log_ref.gather(1, t).squeeze(1), -log_q.gather(1, t).squeeze(1)
     return {"kld": kld, "same_top": (ref.argmax(-1) == q.argmax(-1)).double(),
@@ -302,11 +305,11 @@ class Divergence:
         self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS}
         self.example: list[torch.Tensor] = []
 
-    def add(self, ref_logits: Any, q_logits: Any, targets: Any) -> None:
+    def add(self, ref_logits: Any, q_logits: Any, targets: Any, log_ref: torch.Tensor | None = None) -> None:
         """One example's scored positions (an example with no scored token is skipped)."""
         if len(targets) == 0:
             return
-        part = token_divergence(ref_logits, q_logits, targets)
+        part = token_divergence(ref_logits, q_logits, targets, log_ref)
         for k in self.KEYS:
             self.parts[k].append(part[k])
         self.example.append(torch.full((len(targets),), len(self.example), dtype=torch.long))
