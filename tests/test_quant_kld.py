@@ -4,6 +4,7 @@ quantization schemes as classes found through their YAML."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,8 @@ def quantize_run(train_run: Path, tmp_path: Path, *overrides: str) -> Path:  # n
     return run_dir
 
 
+@pytest.mark.skipif(not (shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))),
+                    reason="building llama-imatrix / llama-quantize needs cmake and a C++ compiler")
 def test_imatrix_quant_loads_and_names_its_calibration_data(train_run, tmp_path):  # noqa: F811
     run = quantize_run(train_run, tmp_path, "quant=gguf_q4_k_m", "quant.imatrix=true", "quant.imatrix_ctx=64")
     m = read_manifest(run, "quantize")
