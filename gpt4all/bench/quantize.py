@@ -37,8 +37,18 @@ from gpt4all.core.metrics import (
     instruction_prompt,
     perplexities,
 )
-from gpt4all.core.models import load_model, load_tokenizer, smollm2_gguf_path
+from gpt4all.core.models import (
+    load_model,
+    load_pretrained_dir,
+    load_tokenizer,
+    smollm2_gguf_path,
+)
 from gpt4all.core.template import render_prompt
+from gpt4all.evaluate.suites import load_suite
+from gpt4all.quantize import imatrix as im
+from gpt4all.quantize.gguf import quantize_gguf
+from gpt4all.quantize.hf_quant import bnb_quantize, gptq_quantize, weights_size_mb
+from gpt4all.quantize.schemes import export_model
 
 PROMPT = "Write a short story about a robot who learns to paint."
 GGUF_SCHEMES = "f16,q8_0,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k,iq4_xs"
@@ -91,6 +101,20 @@ def calibration_texts(paths: list[str], template: Any, n: int, exclude: set[str]
     return texts, ",".join(Path(p).name for p in paths)
 
 
+def deadline(finish_by: str | None, reserve_s: float) -> float | None:
+    """time.time() at which to stop scoring: `reserve_s` before today's (or tomorrow's) HH:MM UTC."""
+    if not finish_by:
+        return None
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    hh, mm = (int(x) for x in finish_by.split(":"))
+    end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    if end < now - dt.timedelta(hours=12):
+        end += dt.timedelta(days=1)
+    return end.timestamp() - reserve_s
+
+
 def decode_speed(path: Path, prompt: str, tokens: int, threads: int, repeats: int = 3) -> float:
     lm = GGUFLM(path, n_threads=threads, n_ctx=512, logits_all=False)
     try:
@@ -116,17 +140,24 @@ def median_ratio(q: list[float], ref: list[float], n_boot: int = 1000, seed: int
     return 100 * (np.median(a) / np.median(b) - 1), [float(x) for x in np.quantile(boot, [0.025, 0.975])]
 
 
-def score_all(ref: Any, models: dict[str, Any], seqs: Any) -> dict[str, Divergence]:
-    """One pass over the examples: the reference's logits once per example, every model against them."""
+def score_all(ref: Any, models: dict[str, Any], seqs: Any, deadline: float | None = None
+              ) -> tuple[dict[str, Divergence], int]:
+    """One pass over the examples: the reference's logits once per example, every model against them. Stops at
+    `deadline` (time.time()) with the examples scored so far (the suite's first N, every model on the same N)."""
     out = {name: Divergence() for name in models}
+    done = 0
     for i, (ids, labels) in enumerate(zip(seqs.seqs, seqs.labels)):
+        if deadline is not None and time.time() > deadline:
+            print(f"  time budget reached: {i} of {len(seqs.seqs)} examples scored", flush=True)
+            break
+        done = i + 1
         ref_logits, target = ref.scored_logits(ids, labels)
         log_ref = torch.log_softmax(ref_logits.double(), -1)
         for name, lm in models.items():
             out[name].add(ref_logits, lm.scored_logits(ids, labels)[0], target, log_ref)
         if (i + 1) % 25 == 0:
             print(f"  scored {i + 1}/{len(seqs.seqs)} examples", flush=True)
-    return out
+    return out, done
 
 
 def row_stats(div: Divergence, ref_div: Divergence | None = None) -> dict[str, Any]:
@@ -152,13 +183,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tokens", type=int, default=64, help="decoded tokens per speed measurement")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", default=str(Path("~/.cache/gpt4all-lab").expanduser()))
+    ap.add_argument("--finish-by", default=None, help="HH:MM (UTC): scoring stops early enough to end by then "
+                    "(GGUF 14 min before, transformers 2 min before), on the suite's first N examples")
     ap.add_argument("--out", default="outputs/bench/quantize.json")
     args = ap.parse_args(argv)
-
-    from gpt4all.evaluate.suites import load_suite
-    from gpt4all.quantize import imatrix as im
-    from gpt4all.quantize.gguf import quantize_gguf
-    from gpt4all.quantize.schemes import export_model
 
     torch.set_num_threads(args.threads)
     model_cfg = OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml")
@@ -218,13 +246,13 @@ def main(argv: list[str]) -> int:
         ref = GGUFLM(f16, n_threads=args.threads, n_ctx=args.max_length + 8)
         seqs = conditional_sequences(ref.encode, template, [(instruction_prompt(i, x), o) for i, x, o in examples],
                                      args.max_length)
-        res["scored_tokens"] = sum(sum(1 for t in lab[1:] if t != -100) for lab in seqs.labels)
+        res["suite_tokens"] = sum(sum(1 for t in lab[1:] if t != -100) for lab in seqs.labels)
         models = {name: GGUFLM(p, n_threads=args.threads, n_ctx=args.max_length + 8) for name, p in paths.items()
                   if name != "f16"}
         start = time.perf_counter()
         print(f"scoring {len(models)} GGUF models against f16 on {len(examples)} examples "
-              f"({res['scored_tokens']} response tokens)", flush=True)
-        divs = score_all(ref, models, seqs)
+              f"({res['suite_tokens']} response tokens)", flush=True)
+        divs, res["examples_scored"] = score_all(ref, models, seqs, deadline(args.finish_by, 14 * 60))
         res["gguf_scoring_seconds"] = round(time.perf_counter() - start, 1)
         for lm in [ref, *models.values()]:
             lm.close()
@@ -267,8 +295,6 @@ def main(argv: list[str]) -> int:
 def hf_rows(args: Any, res: dict[str, Any], hf_schemes: list[str], hf_dir: Path, tmp: Path, template: Any,
             examples: list, eval_prompts: set[str], prompt: str, f16_speed: float, n_params: int, save: Any) -> None:
     """GPTQ / nf4 made from the fp32 checkpoint and scored against it in transformers (same examples)."""
-    from gpt4all.quantize.hf_quant import bnb_quantize, gptq_quantize, weights_size_mb
-
     hf_paths = {}
     for scheme in hf_schemes:
         start = time.perf_counter()
@@ -303,8 +329,6 @@ def hf_rows(args: Any, res: dict[str, Any], hf_schemes: list[str], hf_dir: Path,
 
 
 def _hf(path: Path) -> tuple[Any, Any]:
-    from gpt4all.core.models import load_pretrained_dir
-
     return load_pretrained_dir(path)
 
 
@@ -326,7 +350,8 @@ def print_table(res: dict[str, Any]) -> None:
     head = (f"{'scheme':<16}{'MB':>7}{'bpw':>7}{'mean KLD [95% CI]':>26}{'p99':>7}{'top %':>7}{'RMS dp':>8}"
             f"{'PPL ratio [95% CI]':>26}{'med ppl':>9}{'tok/s':>7}{'x f16':>7}{'ceil':>6}")
     print(f"\n{res['machine']['cpu']} ({', '.join(res['machine']['flags'])}), {res['threads']} thread(s), "
-          f"read {res['bandwidth_gbs']} GB/s; {res['examples']} examples, {res.get('scored_tokens')} tokens; "
+          f"read {res['bandwidth_gbs']} GB/s; {res.get('examples_scored')} of {res['examples']} examples scored "
+          f"(transformers: {res.get('hf_examples_scored', '-')}); "
           f"load {res['loadavg_start'][0]:.1f} -> {res['loadavg_end'][0]:.1f}")
     print(head)
     for r in res["rows"]:
