@@ -140,20 +140,25 @@ def median_ratio(q: list[float], ref: list[float], n_boot: int = 1000, seed: int
     return 100 * (np.median(a) / np.median(b) - 1), [float(x) for x in np.quantile(boot, [0.025, 0.975])]
 
 
-def score_all(ref: Any, models: dict[str, Any], seqs: Any, deadline: float | None = None
-              ) -> tuple[dict[str, Divergence], int]:
+def score_all(ref: Any, models: dict[str, Any], seqs: Any, deadline: float | None = None,
+              focus: set[str] | None = None, narrow_at: float | None = None) -> tuple[dict[str, Divergence], int]:
     """One pass over the examples: the reference's logits once per example, every model against them. Stops at
-    `deadline` (time.time()) with the examples scored so far (the suite's first N, every model on the same N)."""
+    `deadline` (time.time()) with the examples scored so far (the suite's first N). After `narrow_at` only the
+    models named in `focus` (and their with-imatrix twins) go on, so the goal comparisons get more examples;
+    every row records its own example and token counts, and each pair compared shares its examples."""
     out = {name: Divergence() for name in models}
     done = 0
     for i, (ids, labels) in enumerate(zip(seqs.seqs, seqs.labels)):
-        if deadline is not None and time.time() > deadline:
+        now = time.time()
+        if deadline is not None and now > deadline:
             print(f"  time budget reached: {i} of {len(seqs.seqs)} examples scored", flush=True)
             break
         done = i + 1
+        narrow = focus and narrow_at is not None and now > narrow_at
+        active = {n: lm for n, lm in models.items() if not narrow or n.split("+")[0] in focus}
         ref_logits, target = ref.scored_logits(ids, labels)
         log_ref = torch.log_softmax(ref_logits.double(), -1)
-        for name, lm in models.items():
+        for name, lm in active.items():
             out[name].add(ref_logits, lm.scored_logits(ids, labels)[0], target, log_ref)
         if (i + 1) % 25 == 0:
             print(f"  scored {i + 1}/{len(seqs.seqs)} examples", flush=True)
@@ -185,6 +190,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cache-dir", default=str(Path("~/.cache/gpt4all-lab").expanduser()))
     ap.add_argument("--finish-by", default=None, help="HH:MM (UTC): scoring stops early enough to end by then "
                     "(GGUF 14 min before, transformers 2 min before), on the suite's first N examples")
+    ap.add_argument("--focus", default="q4_0,q4_k_m", help="with --finish-by: schemes (and their +imatrix twins) "
+                    "that go on being scored after --all-share of the GGUF time budget")
+    ap.add_argument("--all-share", type=float, default=0.45)
     ap.add_argument("--out", default="outputs/bench/quantize.json")
     args = ap.parse_args(argv)
 
@@ -252,7 +260,10 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         print(f"scoring {len(models)} GGUF models against f16 on {len(examples)} examples "
               f"({res['suite_tokens']} response tokens)", flush=True)
-        divs, res["examples_scored"] = score_all(ref, models, seqs, deadline(args.finish_by, 14 * 60))
+        end = deadline(args.finish_by, 14 * 60)
+        narrow_at = time.time() + args.all_share * (end - time.time()) if end else None
+        focus = {s for s in args.focus.split(",") if s}
+        divs, res["examples_scored"] = score_all(ref, models, seqs, end, focus, narrow_at)
         res["gguf_scoring_seconds"] = round(time.perf_counter() - start, 1)
         for lm in [ref, *models.values()]:
             lm.close()
