@@ -137,7 +137,7 @@ def median_ratio(q: list[float], ref: list[float], n_boot: int = 1000, seed: int
     a, b = np.asarray(q), np.asarray(ref)
     idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
     boot = 100 * (np.median(a[idx], 1) / np.median(b[idx], 1) - 1)
-    return 100 * (np.median(a) / np.median(b) - 1), [float(x) for x in np.quantile(boot, [0.025, 0.975])]
+    return float(100 * (np.median(a) / np.median(b) - 1)), [float(x) for x in np.quantile(boot, [0.025, 0.975])]
 
 
 def score_all(ref: Any, models: dict[str, Any], seqs: Any, deadline: float | None = None,
@@ -297,7 +297,7 @@ def main(argv: list[str]) -> int:
                 res["hf_error"] = f"{type(err).__name__}: {err}"
                 print(f"transformers schemes failed: {res['hf_error']}", flush=True)
     res["loadavg_end"] = os.getloadavg()
-    res["goals"] = goals(res["rows"])
+    res["goals"] = goals(res["rows"], divs)
     save()
     print_table(res)
     return 0
@@ -322,7 +322,7 @@ def hf_rows(args: Any, res: dict[str, Any], hf_schemes: list[str], hf_dir: Path,
     hseqs = conditional_sequences(ref.encode, template, [(instruction_prompt(i, x), o) for i, x, o in examples],
                                   args.max_length)
     start = time.perf_counter()
-    hdivs = score_all(ref, hf_models, hseqs)
+    hdivs, res["hf_examples_scored"] = score_all(ref, hf_models, hseqs, deadline(args.finish_by, 2 * 60))
     res["hf_scoring_seconds"] = round(time.perf_counter() - start, 1)
     res["rows"].append({"scheme": "fp32", "engine": "transformers", "size_mb": weights_size_mb(hf_dir),
                         "bits_per_weight": 32.0, "tokens_per_s": round(fp32_speed, 1),
@@ -343,17 +343,37 @@ def _hf(path: Path) -> tuple[Any, Any]:
     return load_pretrained_dir(path)
 
 
-def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def kld_reduction(without: Divergence, with_: Divergence, n_boot: int = 1000, seed: int = 0
+                  ) -> tuple[float, list[float]]:
+    """100 x (1 - mean KLD with / without) on the examples both scored, with a paired bootstrap 95 % CI."""
+    def per_example(div: Divergence) -> tuple[torch.Tensor, torch.Tensor]:
+        ex, kld = torch.cat(div.example), div.tokens()["kld"]
+        n = int(ex.max()) + 1
+        return torch.zeros(n, dtype=torch.float64).index_add_(0, ex, kld), torch.bincount(ex, minlength=n).double()
+
+    (a, na), (b, _) = per_example(without), per_example(with_)
+    n = min(len(a), len(b))
+    a, b, na = a[:n], b[:n], na[:n]
+    idx = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+    boot = 100 * (1 - b[idx].sum(1) / a[idx].sum(1))
+    return float(100 * (1 - b.sum() / a.sum())), [float(x) for x in boot.quantile(torch.tensor([0.025, 0.975],
+                                                                                              dtype=torch.float64))]
+
+
+def goals(rows: list[dict[str, Any]], divs: dict[str, Divergence] | None = None) -> dict[str, Any]:
     by = {r["scheme"]: r for r in rows}
     out: dict[str, Any] = {}
     for s in ("q4_k_m", "q4_0"):
         if s in by and f"{s}+imatrix" in by:
             cut = 100 * (1 - by[f"{s}+imatrix"]["mean_kld"] / by[s]["mean_kld"])
+            if divs and s in divs and f"{s}+imatrix" in divs:
+                cut, out[f"{s}_kld_reduction_ci"] = kld_reduction(divs[s], divs[f"{s}+imatrix"])
             out[f"{s}_kld_reduction_pct"] = round(cut, 1)
             out[f"{s}_kld_reduction_met"] = cut >= 30
     if "q4_k_m+imatrix" in by:
         out["q4_k_m_imatrix_median_ppl_change_pct"] = round(by["q4_k_m+imatrix"]["median_ppl_change_pct"], 2)
-        out["q4_k_m_imatrix_median_ppl_met"] = by["q4_k_m+imatrix"]["median_ppl_change_pct"] <= 2.5
+        out["q4_k_m_imatrix_median_ppl_change_ci"] = by["q4_k_m+imatrix"]["median_ppl_change_ci"]
+        out["q4_k_m_imatrix_median_ppl_met"] = bool(by["q4_k_m+imatrix"]["median_ppl_change_pct"] <= 2.5)
     return out
 
 
