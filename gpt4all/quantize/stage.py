@@ -78,6 +78,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     artifact = Path(made.model.lora or made.model.path)
     outputs = {**made.outputs, "artifact": artifact, "model": made.model.path, "lora": made.model.lora,
                "reference": made.reference.path if made.reference else None}
+    outputs = {k: v for k, v in outputs.items() if v is not None}
     metrics = {"scheme": scheme.name, "kind": made.model.kind,
                "reference_kind": made.reference.kind if made.reference else None, **made.metrics,
                "seconds": round(time.perf_counter() - start, 2), "size_mb": weights_size_mb(artifact),
