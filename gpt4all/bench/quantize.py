@@ -165,7 +165,9 @@ def score_all(ref: Any, models: dict[str, Any], seqs: Any, deadline: float | Non
     return out, done
 
 
-def row_stats(div: Divergence, ref_div: Divergence | None = None) -> dict[str, Any]:
+def row_stats(div: Divergence) -> dict[str, Any]:
+    if not div.example:
+        return {"examples": 0, "tokens": 0}  # the time budget ran out before this model was scored
     s = div.summary()
     q_ppl, ref_ppl = per_example_ppl(div, "nll_q"), per_example_ppl(div, "nll_ref")
     s["median_ppl"], s["ref_median_ppl"] = float(np.median(q_ppl)), float(np.median(ref_ppl))
@@ -365,12 +367,14 @@ def goals(rows: list[dict[str, Any]], divs: dict[str, Divergence] | None = None)
     out: dict[str, Any] = {}
     for s in ("q4_k_m", "q4_0"):
         if s in by and f"{s}+imatrix" in by:
+            if "mean_kld" not in by[s] or "mean_kld" not in by[f"{s}+imatrix"]:
+                continue
             cut = 100 * (1 - by[f"{s}+imatrix"]["mean_kld"] / by[s]["mean_kld"])
             if divs and s in divs and f"{s}+imatrix" in divs:
                 cut, out[f"{s}_kld_reduction_ci"] = kld_reduction(divs[s], divs[f"{s}+imatrix"])
             out[f"{s}_kld_reduction_pct"] = round(cut, 1)
             out[f"{s}_kld_reduction_met"] = cut >= 30
-    if "q4_k_m+imatrix" in by:
+    if "median_ppl_change_pct" in by.get("q4_k_m+imatrix", {}):
         out["q4_k_m_imatrix_median_ppl_change_pct"] = round(by["q4_k_m+imatrix"]["median_ppl_change_pct"], 2)
         out["q4_k_m_imatrix_median_ppl_change_ci"] = by["q4_k_m+imatrix"]["median_ppl_change_ci"]
         out["q4_k_m_imatrix_median_ppl_met"] = bool(by["q4_k_m+imatrix"]["median_ppl_change_pct"] <= 2.5)
@@ -386,7 +390,8 @@ def print_table(res: dict[str, Any]) -> None:
           f"load {res['loadavg_start'][0]:.1f} -> {res['loadavg_end'][0]:.1f}")
     print(head)
     for r in res["rows"]:
-        kld = f"{r['mean_kld']:.4f} [{r['mean_kld_ci'][0]:.4f},{r['mean_kld_ci'][1]:.4f}]" if "mean_kld" in r else "ref"
+        kld = f"{r['mean_kld']:.4f} [{r['mean_kld_ci'][0]:.4f},{r['mean_kld_ci'][1]:.4f}]" if "mean_kld" in r \
+            else "ref" if r["scheme"] in ("f16", "fp32") else "-"
         ratio = f"{r['ppl_ratio']:.4f} [{r['ppl_ratio_ci'][0]:.3f},{r['ppl_ratio_ci'][1]:.3f}]" if "ppl_ratio" in r else ""
         print(f"{r['scheme']:<16}{r['size_mb']:>7.1f}{r['bits_per_weight']:>7.2f}{kld:>26}"
               f"{r.get('p99_kld', 0):>7.3f}{r.get('same_top_pct', 100):>7.1f}{r.get('rms_delta_p_pct', 0):>7.2f}%"
