@@ -103,6 +103,7 @@ def test_report_renders_every_section(sweep):
     text = md.read_text()
     for title in ("## Run", "## Curation funnel", "## Training", "## Perplexity", "## Quantization", "## Cost"):
         assert title in text
+    assert "KL divergence to the unquantized model" in text and "mean_kld" in text
     page = html.read_text()
     assert page.count("data:image/png;base64,") >= 2 and "<table>" in page
     html, md = build_report(sweep / "sweep")

@@ -76,7 +76,7 @@ def check_target_node(node: Any, where: str, extra: tuple[str, ...] = ()) -> Non
             raise ConfigError(f"invalid config at '{where}.{key}': expected {want.__name__}, got {value!r}")
 
 
-def schemas() -> dict[str, type | Callable[[Any, str], None]]:
+def schemas() -> dict[str, type | Callable[[Any, str], type | None]]:
     """Config node name -> its dataclass schema (or a check of a `_target_` node), from gpt4all.core.schema.*."""
     from gpt4all.core.schema import collect, curate, evaluate, quantize, runs, train
 
@@ -142,9 +142,16 @@ def validate(cfg: DictConfig) -> DictConfig:
         if key not in cfg:
             continue
         node = cfg[key]
-        if not isinstance(schema, type):  # a `_target_` node: its target's parameters are the schema
-            schema(node, key)
-            continue
+        target = None
+        if not isinstance(schema, type):  # a `_target_` node: a check of it (None: done) or the class it names
+            try:
+                schema = schema(node, key)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            if schema is None:
+                continue
+            target = node.get("_target_")
+            node = OmegaConf.masked_copy(node, [k for k in node if k != "_target_"])
         # the schema merge drops ??? values, so required keys are collected from the node first (full keys)
         missing = {m.removeprefix(f"{key}.") for m in OmegaConf.missing_keys(node)} if OmegaConf.is_config(node) \
             else set()
@@ -159,6 +166,8 @@ def validate(cfg: DictConfig) -> DictConfig:
             ) from None
         with_flag = OmegaConf.is_struct(cfg)
         OmegaConf.set_struct(cfg, False)
+        if target is not None:
+            merged = OmegaConf.merge({"_target_": target}, OmegaConf.to_container(merged))
         cfg[key] = merged
         OmegaConf.set_struct(cfg, with_flag)
         missing |= set(OmegaConf.missing_keys(cfg[key]))

@@ -107,6 +107,42 @@ def run_script(script: str, args: list[str], cache_root: str | Path | None = Non
                           timeout=timeout_s)
 
 
+TOOL_TARGETS = ("llama-imatrix", "llama-quantize")  # built together, once per llama.cpp revision
+_CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DGGML_OPENMP=OFF")
+
+
+def tool(name: str, cache_root: str | Path | None = None, jobs: int | None = None) -> Path:
+    """A llama.cpp command-line tool (`llama-imatrix`, `llama-quantize`) built from `source_dir()` for the CPU.
+
+    The first call configures cmake and builds only TOOL_TARGETS (static, Release) into `<sources>-build/`
+    beside the sources, under a file lock, so concurrent callers build once; later calls return the binary.
+    """
+    if name not in TOOL_TARGETS:
+        raise ValueError(f"llama.cpp tool {name!r} is not built here; available: {', '.join(TOOL_TARGETS)}")
+    src = source_dir(cache_root)
+    build = src.parent / f"{src.name}-build"
+    binary = build / "bin" / name
+    with FileLock(str(build) + ".lock"):
+        if (build / ".complete").exists() and binary.is_file():
+            return binary
+        if shutil.which("cmake") is None:
+            raise LlamaCppSourceError(f"building {name} needs cmake and a C++ compiler (apt-get install cmake g++)")
+        jobs = jobs or max(1, os.cpu_count() or 1)
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        log.info("building %s from %s into %s (once, a few minutes)", ", ".join(TOOL_TARGETS), src, build)
+        for cmd in ([ "cmake", "-S", str(src), "-B", str(build), *generator, *_CMAKE_FLAGS],
+                    ["cmake", "--build", str(build), "--target", *TOOL_TARGETS, "-j", str(jobs)]):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+                raise LlamaCppSourceError(f"building llama.cpp tools failed: {' '.join(cmd)}\n{tail}")
+        (build / ".complete").write_text(installed_version())
+    if not binary.is_file():
+        raise LlamaCppSourceError(f"{binary} missing after the build")
+    return binary
+
 # --- running llama.cpp on this CPU -----------------------------------------------------------------------------
 EXTRA_BUFFERS_ENV = "GPT4ALL_LAB_LLAMACPP_EXTRA_BUFFERS"   # 1 / 0 forces llama.cpp's repacked weight buffers on / off
 

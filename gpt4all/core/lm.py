@@ -11,21 +11,24 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from gpt4all.core.manifest import read_manifest
 from gpt4all.core.metrics import (
     METHODS,
+    Divergence,
     conditional_sequences,
     gpt4all_2023_sequences,
     instruction_prompt,
     sequence_nll_hf,
     sequence_nll_llama,
 )
+from gpt4all.core.template import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class Spec:
     base: str | None = None  # peft: the base HF dir (null: the configured `model`)
     lora: str | None = None  # gguf: a llama.cpp LoRA GGUF applied at load time
     template: Any = None
+    scheme: str | None = None  # a quantization scheme class (dotted path) whose `load` opens this artifact
+    reference: Spec | None = None  # the unquantized model in the same engine (for KL divergence)
 
 
 @dataclass
@@ -67,6 +72,15 @@ class HFLM:
     def nll(self, seqs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], batch_size: int = 4,
             progress: bool = True) -> list[tuple[float, int]]:
         return sequence_nll_hf(self.model, seqs, labels, self.pad_id, batch_size, progress)
+
+    def scored_logits(self, ids: Sequence[int], labels: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, V] at the positions predicting the N labelled tokens of one sequence, and those tokens."""
+        target = torch.as_tensor(list(labels)[1:], dtype=torch.long)
+        pos = (target != IGNORE_INDEX).nonzero().squeeze(-1)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, pos.to(device)]
+        return logits.float().cpu(), target[pos]
 
     def generate(self, prompt: str, max_tokens: int = 64) -> Generation:
         ids = torch.tensor([self.encode(prompt)])
@@ -108,6 +122,14 @@ class GGUFLM:
             raise ValueError(f"{self.path.name}: a sequence of {too_long} tokens exceeds n_ctx={self.llm.n_ctx()}")
         return sequence_nll_llama(self.llm, seqs, labels, progress)
 
+    def scored_logits(self, ids: Sequence[int], labels: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, V] at the positions predicting the N labelled tokens of one sequence, and those tokens."""
+        target = torch.as_tensor(list(labels)[1:], dtype=torch.long)
+        pos = (target != IGNORE_INDEX).nonzero().squeeze(-1)
+        self.llm.reset()
+        self.llm.eval(list(ids))
+        return torch.from_numpy(self.llm.scores[pos.numpy()].copy()), target[pos]
+
     def generate(self, prompt: str, max_tokens: int = 64) -> Generation:
         self.llm.reset()
         start = time.perf_counter()
@@ -126,7 +148,12 @@ def resolve_run_dir(path: str | Path) -> Spec:
     template = m["inputs"].get("template")
     if m["stage"] == "train":
         return Spec("hf", m["outputs"]["merged"], template=template)
-    if m["stage"] == "quantize":
+    if m["stage"] == "quantize" and m["inputs"].get("scheme"):
+        out, mt = m["outputs"], m["metrics"]
+        ref = Spec(mt["reference_kind"], out["reference"], template=template) if out.get("reference") else None
+        return Spec(mt["kind"], out["model"], lora=out.get("lora"), template=template, scheme=m["inputs"]["scheme"],
+                    reference=ref)
+    if m["stage"] == "quantize":  # runs written before schemes were classes
         kind = m["metrics"].get("kind") or ("gguf" if "gguf" in m["outputs"] else "hf")
         if kind == "gguf_lora":
             return Spec("gguf", m["outputs"]["base_gguf"], lora=m["outputs"]["lora_gguf"], template=template)
@@ -149,6 +176,10 @@ def load_lm(spec: Spec, model_cfg: Any = None, cache_dir: str | Path | None = No
     """Load a resolved spec (`base` and `peft` without `base` use the `model` config node)."""
     from transformers import AutoModelForCausalLM
 
+    if spec.scheme:
+        from hydra.utils import get_class
+
+        return get_class(spec.scheme).load(replace(spec, scheme=None), n_threads=n_threads, n_ctx=n_ctx)
     if spec.kind == "gguf":
         return GGUFLM(spec.path, spec.lora, n_threads=n_threads, n_ctx=n_ctx)
     if spec.kind in ("base", "peft") and spec.base is None:
@@ -201,3 +232,20 @@ def score_nll(lm: HFLM | GGUFLM, method: str, examples: Sequence[tuple[str, str,
     else:
         raise ValueError(f"unknown scoring method {method!r}; valid: {', '.join(METHODS)}")
     return s.fold(lm.nll(s.seqs, s.labels, batch_size=batch_size, progress=progress))
+
+
+def score_divergence(ref: HFLM | GGUFLM, quant: HFLM | GGUFLM, examples: Sequence[tuple[str, str, str]],
+                     template: Any = None, max_length: int = 512, progress: bool = True) -> Divergence:
+    """KL divergence of `quant` to `ref` on the response tokens the `conditional` method scores (same prompt
+    format), one example at a time so only one example's logits are held. Both must share the tokenizer."""
+    pairs = [(instruction_prompt(i, x), o) for i, x, o in examples]
+    s = conditional_sequences(ref.encode, template, pairs, max_length)
+    div = Divergence()
+    for ids, labels in tqdm(list(zip(s.seqs, s.labels)), desc="kld", disable=not progress):
+        ref_logits, target = ref.scored_logits(ids, labels)
+        q_logits, _ = quant.scored_logits(ids, labels)
+        if ref_logits.shape != q_logits.shape:
+            raise ValueError(f"the quantized model's vocabulary ({q_logits.shape[-1]}) differs from its reference's "
+                             f"({ref_logits.shape[-1]}): not the same model")
+        div.add(ref_logits, q_logits, target)
+    return div

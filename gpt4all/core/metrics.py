@@ -321,3 +321,82 @@ def effect_line(test: dict[str, Any]) -> str:
     head = (f"{test['a']} costs {pct(test['ratio'])} % perplexity {ci} against {test['b']}"
             if test.get("role") == "quantization" else f"{test['a']} vs {test['b']}: perplexity {pct(test['ratio'])} % {ci}")
     return f"{head}; {test['test']} {test['alternative']} p = {test['p_value']:.3g}"
+
+
+# ---------------------------------------------------------------- KL divergence to the unquantized model
+
+def token_divergence(ref_logits: Any, q_logits: Any, targets: Any, log_ref: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Per scored token, a quantized model against its reference (llama-perplexity --kl-divergence's terms).
+
+    `ref_logits` and `q_logits` are [N, V] logits at the N positions that predict `targets` [N]. Returns float64
+    tensors: `kld` = KL(P_ref || P_q), `same_top` (1.0 where both argmaxes agree), `delta_p` = P_q(target) -
+    P_ref(target), and `nll_ref` / `nll_q` of the target. Vectorised over tokens, in float64. `log_ref`: the
+    reference's log-softmax when already computed (one reference against many models).
+    """
+    ref = torch.as_tensor(ref_logits).double()
+    q = torch.as_tensor(q_logits).double()
+    if ref.shape != q.shape or ref.ndim != 2:
+        raise ValueError(f"reference and quantized logits must be [tokens, vocab] of one shape: {tuple(ref.shape)} "
+                         f"vs {tuple(q.shape)}")
+    t = torch.as_tensor(targets, dtype=torch.long).reshape(-1, 1)
+    log_ref = torch.log_softmax(ref, -1) if log_ref is None else log_ref
+    log_q = torch.log_softmax(q, -1)
+    kld = (log_ref.exp() * (log_ref - log_q)).sum(-1).clamp_min(0.0)
+    nll_ref, nll_q = -log_ref.gather(1, t).squeeze(1), -log_q.gather(1, t).squeeze(1)
+    return {"kld": kld, "same_top": (ref.argmax(-1) == q.argmax(-1)).double(),
+            "delta_p": (-nll_q).exp() - (-nll_ref).exp(), "nll_ref": nll_ref, "nll_q": nll_q}
+
+
+class Divergence:
+    """Accumulates token_divergence over examples and summarises it (with example-level bootstrap CIs)."""
+
+    KEYS = ("kld", "same_top", "delta_p", "nll_ref", "nll_q")
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS}
+        self.example: list[torch.Tensor] = []
+
+    def add(self, ref_logits: Any, q_logits: Any, targets: Any, log_ref: torch.Tensor | None = None) -> None:
+        """One example's scored positions (an example with no scored token is skipped)."""
+        if len(targets) == 0:
+            return
+        part = token_divergence(ref_logits, q_logits, targets, log_ref)
+        for k in self.KEYS:
+            self.parts[k].append(part[k])
+        self.example.append(torch.full((len(targets),), len(self.example), dtype=torch.long))
+
+    def tokens(self) -> dict[str, torch.Tensor]:
+        if not self.example:
+            raise ValueError("no scored tokens: every example was empty")
+        return {k: torch.cat(v) for k, v in self.parts.items()}
+
+    def summary(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+        return divergence_summary(self.tokens(), torch.cat(self.example), n_boot, seed, level)
+
+
+def divergence_summary(tok: dict[str, torch.Tensor], example: torch.Tensor, n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, Any]:
+    """Mean / median / 99th-percentile / max KLD, same-top-token %, RMS delta-p (%), and the perplexity ratio
+    PPL(q) / PPL(ref) = exp(mean NLL_q - mean NLL_ref) over all scored tokens; CIs of mean KLD and of the ratio
+    by a percentile bootstrap over examples (tokens of one example move together)."""
+    kld, d_nll = tok["kld"], tok["nll_q"] - tok["nll_ref"]
+    n_ex = int(example.max()) + 1
+    count = torch.bincount(example, minlength=n_ex).double()
+    kld_sum = torch.zeros(n_ex, dtype=torch.float64).index_add_(0, example, kld)
+    dnll_sum = torch.zeros(n_ex, dtype=torch.float64).index_add_(0, example, d_nll)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, n_ex, (n_boot, n_ex), generator=gen)
+    n_b = count[pick].sum(1)
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    boot_kld = kld_sum[pick].sum(1) / n_b
+    boot_ratio = (dnll_sum[pick].sum(1) / n_b).exp()
+    q = torch.tensor([lo, hi], dtype=torch.float64)
+    return {
+        "tokens": int(kld.numel()), "examples": n_ex,
+        "mean_kld": float(kld.mean()), "mean_kld_ci": [float(x) for x in boot_kld.quantile(q)],
+        "median_kld": float(kld.quantile(0.5)), "p99_kld": float(kld.quantile(0.99)), "max_kld": float(kld.max()),
+        "same_top_pct": float(100 * tok["same_top"].mean()),
+        "rms_delta_p_pct": float(100 * tok["delta_p"].pow(2).mean().sqrt()),
+        "ppl_ratio": float(d_nll.mean().exp()), "ppl_ratio_ci": [float(x) for x in boot_ratio.quantile(q)],
+    }

@@ -81,6 +81,8 @@ def candidates(cfg: DictConfig) -> list[Candidate]:
         spec = resolve_run_dir(node.path) if node.kind == "run_dir" else \
             Spec(node.kind, node.path, node.base, node.lora, template=_run_template(node.path))
         spec.template = _template(node.template, _template(spec.template, default_template))
+        if node.reference:
+            spec.reference = Spec("gguf" if spec.kind == "gguf" else "hf", node.reference, template=spec.template)
         if any(c.name == name for c in out):
             raise ValueError(f"evaluate.models.{name}: the name is already taken by another model")
         out.append(Candidate(name, spec))

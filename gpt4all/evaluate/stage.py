@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpt4all.core.config import config_hash
-from gpt4all.core.lm import load_lm, score_nll
+from gpt4all.core.lm import load_lm, score_divergence, score_nll
 from gpt4all.core.manifest import write_json, write_manifest
 from gpt4all.core.metrics import compare_perplexities, effect_line, perplexities, perplexity_summary
 from gpt4all.core.tracking import Tracker
@@ -24,6 +24,7 @@ from gpt4all.evaluate.plots import perplexity_plot
 from gpt4all.evaluate.suites import load_suite
 
 log = logging.getLogger(__name__)
+KLD_COLUMNS = ("tokens", "mean_kld", "p99_kld", "same_top_pct", "rms_delta_p_pct", "ppl_ratio")
 
 
 def nan_perplexity(ev: Any) -> float:
@@ -51,6 +52,40 @@ def is_quantization(a: Candidate, b: Candidate) -> bool:
     """a is a quantized model compared with an unquantized one: a two-sided test of what quantization costs
     (not a one-sided "lower than" expected to fail)."""
     return a.role == "quantized" or (a.kind in QUANTIZED_KINDS and b.kind not in QUANTIZED_KINDS)
+
+
+def divergences(cfg: DictConfig, models: list[Candidate], examples: list) -> dict[str, dict[str, Any]]:
+    """KL divergence of each model that names its unquantized reference (a quantize run's artifact, or
+    `evaluate.models.X.reference`) to that reference, in the same engine, on the `conditional` response tokens."""
+    ev, out = cfg.eval, {}
+    if not cfg.evaluate.kld:
+        return out
+    for c in models:
+        if c.spec.reference is None:
+            continue
+        log.info("[evaluate] KL divergence of %s to %s", c.name, c.spec.reference.path)
+        ref = load_lm(c.spec.reference, cfg.model, cfg.paths.cache_dir, n_threads=ev.n_threads, n_ctx=ev.n_ctx)
+        try:
+            quant = load_lm(c.spec, cfg.model, cfg.paths.cache_dir, n_threads=ev.n_threads, n_ctx=ev.n_ctx)
+            try:
+                div = score_divergence(ref, quant, [e.triple() for e in examples], c.spec.template, ev.max_length)
+            finally:
+                quant.close()
+        finally:
+            ref.close()
+        out[c.name] = {"reference": c.spec.reference.path, **div.summary()}
+    return out
+
+
+def print_divergences(div: dict[str, dict[str, Any]]) -> None:
+    t = Table(title="KL divergence to the unquantized model (same engine, response tokens)")
+    for col in ("model", "tokens", "mean KLD [95% CI]", "99% KLD", "same top", "RMS dp", "PPL ratio [95% CI]"):
+        t.add_column(col)
+    for name, d in div.items():
+        t.add_row(name, str(d["tokens"]), f"{d['mean_kld']:.4f} [{d['mean_kld_ci'][0]:.4f}, {d['mean_kld_ci'][1]:.4f}]",
+                  f"{d['p99_kld']:.3f}", f"{d['same_top_pct']:.1f} %", f"{d['rms_delta_p_pct']:.2f} %",
+                  f"{d['ppl_ratio']:.4f} [{d['ppl_ratio_ci'][0]:.4f}, {d['ppl_ratio_ci'][1]:.4f}]")
+    Console(width=140).print(t)
 
 
 def tradeoffs(models: list[Candidate], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,10 +157,13 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         tests.append({"a": a, "b": b, "role": role, **test, "summary": effect_line({"a": a, "b": b, "role": role,
                                                                                     **test})})
     trade = tradeoffs(models, results)
+    div = divergences(cfg, models, examples)
+    for row in trade:
+        row.update({f"kld_{k}": div[row["model"]][k] for k in KLD_COLUMNS if row["model"] in div})
 
     write_json(run_dir / "results.json", {"suite": ev.name, "method": ev.method, "examples": len(examples),
                                           "clip": clip, "nan_perplexity": nan_value, "models": results,
-                                          "tests": tests, "tradeoffs": trade})
+                                          "tests": tests, "tradeoffs": trade, "divergence": div})
     with (run_dir / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["id", "model", "nll", "perplexity"])
         writer.writeheader()
@@ -133,6 +171,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     plot = perplexity_plot({k: v["perplexity"] for k, v in results.items()}, clip, run_dir / "perplexity.png",
                            f"{ev.name} ({ev.method}): {len(examples)} examples")
     print_report(ev.name, ev.method, results, tests, cfg.evaluate.alpha)
+    if div:
+        print_divergences(div)
 
     medians = {name: r["median_perplexity"] for name, r in results.items()}
     summary_rows = [{"model": k, **{f: r[f] for f in ("kind", "mean_perplexity", "median_perplexity", "share_clipped",
@@ -145,13 +185,18 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     tracker.table("evaluate/tests", tests)
     tracker.table("evaluate/tradeoffs", trade)
     tracker.image("evaluate/perplexity_plot", plot)
+    if div:
+        tracker.summary({f"evaluate/kld/{name}/{k}": d[k] for name, d in div.items() for k in KLD_COLUMNS})
+        tracker.table("evaluate/kld", [{"model": name, **{k: d[k] for k in ("reference", *KLD_COLUMNS)}}
+                                       for name, d in div.items()])
     write_manifest(
         run_dir, "evaluate", config_hash(cfg),
         inputs={"suite": ev.name, "method": ev.method,
                 "models": {c.name: {"kind": c.kind, "path": c.path, "lora": c.spec.lora} for c in models}},
         outputs={"results_json": run_dir / "results.json", "results_csv": run_dir / "results.csv", "plot": plot},
         counts={"examples": len(examples)},
-        metrics={"median_perplexity": medians, "tests": tests},
+        metrics={"median_perplexity": medians, "tests": tests,
+                 "kld": {name: {k: d[k] for k in KLD_COLUMNS} for name, d in div.items()}},
     )
     return {"plot": str(plot), "examples": len(examples), "method": ev.method, "median_perplexity": medians,
             "p_values": {f"{t['a']} < {t['b']}": round(t["p_value"], 5) for t in tests},

@@ -14,11 +14,16 @@ QUANT_TYPES = {
     "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
     "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
     "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "iq4_xs": "LLAMA_FTYPE_MOSTLY_IQ4_XS",
+    "iq2_xs": "LLAMA_FTYPE_MOSTLY_IQ2_XS",  # needs an importance matrix
 }
 
 
 def quantize_gguf(src: Path, dst: Path, ftype: str) -> Path:
-    """Quantize an f16/f32 GGUF with llama.cpp; `ftype` is one of q4_0, q4_1, q5_0, q8_0, q4_k_m."""
+    """Quantize an f16/f32 GGUF with llama.cpp (no importance matrix); `ftype` is a key of QUANT_TYPES."""
     import llama_cpp
 
     if ftype not in QUANT_TYPES:

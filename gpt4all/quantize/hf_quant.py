@@ -43,9 +43,13 @@ def calibration_texts(dataset_dir: str | Path, template: Any, n: int, seed: int 
 
     from gpt4all.core.template import render_prompt
 
-    ds = datasets.load_from_disk(str(dataset_dir)).shuffle(seed=seed)
+    try:
+        ds = datasets.load_from_disk(str(dataset_dir))
+    except IndexError:  # datasets cannot concatenate the zero shards of an empty saved dataset
+        ds = []
     if len(ds) == 0:
-        raise ValueError(f"{dataset_dir}: the curated dataset is empty, nothing to calibrate GPTQ with")
+        raise ValueError(f"{dataset_dir}: the curated dataset is empty, nothing to calibrate with")
+    ds = ds.shuffle(seed=seed)
     rows = ds.select(range(min(n, len(ds))))
     return [render_prompt(template, r["prompt"]) + r["response"] + str(template.response_suffix) for r in rows]
 

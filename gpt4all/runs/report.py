@@ -116,6 +116,11 @@ def pipeline_sections(run_dir: Path, out: Path, prefix: str = "") -> list[Sectio
             if effects:  # the effect size and its interval first, the test beside it
                 body += "\nEffect sizes (95 % bootstrap CI):\n\n" + "".join(f"- {e}\n" for e in effects)
             body += "\nStatistical tests:\n\n" + _table([{k: v for k, v in t.items() if k != "summary"} for t in tests])
+        div = results.get("divergence")
+        if div:
+            body += "\nKL divergence to the unquantized model (same engine, response tokens):\n\n" + _table(
+                [{"model": m, **{k: v for k, v in d.items() if k != "reference" and not isinstance(v, list)}}
+                 for m, d in div.items()])
         manifest = _read_json(dirs["evaluate"] / "manifest.json")
         plot = manifest.get("outputs", {}).get("plot", "perplexity.png")
         name = _copy_image(dirs["evaluate"] / plot, out, f"{prefix}perplexity.png".replace(" ", "_"))

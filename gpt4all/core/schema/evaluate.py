@@ -41,6 +41,7 @@ class ModelSpecSchema:
     base: str | None = None  # peft: base HF dir (null: the configured `model`)
     lora: str | None = None  # gguf: a LoRA GGUF applied at load time
     template: dict[str, str] | None = None  # {prompt, response_suffix}; null: the run's, else model.template
+    reference: str | None = None  # the unquantized model in the same engine (GGUF file / HF dir): adds its KLD
 
 
 @dataclass
@@ -53,6 +54,7 @@ class EvaluateSchema:
     compare: list[list[str]] = field(default_factory=list)  # [a, b]: test "a lower than b"; empty: automatic pairs
     paired: bool = True  # Wilcoxon signed-rank on the same examples; false: Mann-Whitney U
     alpha: float = 0.05  # significance level printed beside each test
+    kld: bool = True  # KL divergence of each quantized model to its unquantized reference (same engine)
 
 
 # config node -> schema; gpt4all.core.config validates every node listed here
