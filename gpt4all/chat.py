@@ -30,7 +30,7 @@ def resolve_model(path: str | Path, lora: str | None = None) -> Spec:
 
 
 def load_chat_model(spec: Spec, n_ctx: int = 2048, n_threads: int = 1, seed: int = 0) -> Any:
-    from llama_cpp import Llama
+    from gpt4all.core.llamacpp import Llama
 
     llm = Llama(model_path=spec.path, lora_path=spec.lora, n_ctx=n_ctx, n_threads=n_threads, seed=seed, verbose=False)
     if not llm.metadata.get("tokenizer.chat_template"):

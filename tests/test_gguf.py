@@ -21,7 +21,7 @@ TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital of Fra
 
 
 def _llama_logits(path: Path, tokens: list[int]) -> np.ndarray:
-    from llama_cpp import Llama
+    from gpt4all.core.llamacpp import Llama
 
     llm = Llama(model_path=str(path), logits_all=True, n_ctx=128, n_threads=1, verbose=False)
     try:

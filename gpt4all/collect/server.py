@@ -49,7 +49,7 @@ class LlamaCppServer:
 
     def start(self) -> str:
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "gpt4all.core.llama_server",
             "--model", str(self.model_path), "--model_alias", self.model_alias,
             "--host", self.host, "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),

@@ -105,3 +105,57 @@ def run_script(script: str, args: list[str], cache_root: str | Path | None = Non
     env.pop("NO_LOCAL_GGUF", None)   # the script then also puts its own gguf-py first
     return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env,
                           timeout=timeout_s)
+
+
+# --- running llama.cpp on this CPU -----------------------------------------------------------------------------
+EXTRA_BUFFERS_ENV = "GPT4ALL_LAB_LLAMACPP_EXTRA_BUFFERS"   # 1 / 0 forces llama.cpp's repacked weight buffers on / off
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is absent)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def use_extra_buffers() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, CPU_REPACK).
+
+    llama-cpp-python 0.3.36 segfaults in the first decode on CPUs with AMX when those buffers are used (seen on
+    an Intel Xeon with amx_int8: SmolLM2 Q4_1, f16 and q4_0 exports alike), so they are off there by default.
+    """
+    forced = os.environ.get(EXTRA_BUFFERS_ENV)
+    if forced is not None:
+        return forced.strip().lower() not in ("0", "false", "no", "off")
+    return "amx_int8" not in cpu_flags()
+
+
+def _configure_llama_cpp() -> None:
+    """Make every `llama_cpp.Llama` built in this process follow use_extra_buffers() (idempotent)."""
+    import llama_cpp.llama as llama_module
+
+    if getattr(llama_module, "_gpt4all_configured", False) or use_extra_buffers():
+        return
+    default_params = llama_module.llama_cpp.llama_model_default_params
+
+    def model_params():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = model_params
+    llama_module._gpt4all_configured = True
+    log.info("llama.cpp: extra CPU buffer types off on this CPU (amx_int8; set %s=1 to force them on)",
+             EXTRA_BUFFERS_ENV)
+
+
+def Llama(*args, **kwargs):  # noqa: N802 - a drop-in for llama_cpp.Llama
+    """`llama_cpp.Llama(...)` with the settings this CPU needs (see use_extra_buffers)."""
+    _configure_llama_cpp()
+    from llama_cpp import Llama as _Llama
+
+    return _Llama(*args, **kwargs)

@@ -88,7 +88,7 @@ class GGUFLM:
 
     def __init__(self, path: str | Path, lora: str | Path | None = None, n_threads: int = 1, n_ctx: int = 2048,
                  logits_all: bool = True):
-        from llama_cpp import Llama
+        from gpt4all.core.llamacpp import Llama
 
         self.path = Path(path)
         if not self.path.is_file():

@@ -223,7 +223,7 @@ def response_nll_hf(model: Any, tokenizer: Any, template: Any, pairs: Sequence[t
 def response_nll_gguf(gguf_path: str | Path, template: Any, pairs: Sequence[tuple[str, str]], max_length: int = 512,
                       n_threads: int = 1, n_ctx: int = 1024, progress: bool = True) -> list[float]:
     """Mean NLL (nats) of each reference response given its prompt (`conditional`), through llama.cpp."""
-    from llama_cpp import Llama
+    from gpt4all.core.llamacpp import Llama
 
     llm = Llama(str(gguf_path), logits_all=True, n_threads=n_threads, n_ctx=max(n_ctx, max_length), verbose=False)
     try:

@@ -184,7 +184,7 @@ def quantize_gguf(src: Path, dst: Path, ftype: str) -> Path:
 
 def generate(gguf_path: Path, prompt: str, max_tokens: int = 32, n_threads: int = 1) -> str:
     """Greedy (temperature 0) completion of a raw prompt with llama.cpp."""
-    from llama_cpp import Llama
+    from gpt4all.core.llamacpp import Llama
 
     llm = Llama(model_path=str(gguf_path), n_ctx=512, n_threads=n_threads, verbose=False)
     try:

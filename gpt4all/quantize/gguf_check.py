@@ -102,7 +102,7 @@ def check_written(path: str | Path, hf_tokenizer_dir: str | Path | None = None,
     """Load the written file's vocabulary in llama.cpp (fails on an unknown pre-tokenizer), check it kept the chat
     template and the eos token of `expect` (check_metadata's result for the source), and that it tokenizes
     like the HF tokenizer the model was trained with."""
-    from llama_cpp import Llama
+    from gpt4all.core.llamacpp import Llama
 
     path = Path(path)
     try:

@@ -69,7 +69,7 @@ def export_lora_gguf(adapter_dir: Path, base_config: Path, out_path: Path, dtype
 def compare_with_merged(base_gguf: Path, lora_gguf: Path, merged_gguf: Path, prompt: str, max_tokens: int = 16,
                         n_threads: int = 1) -> dict[str, float | bool | str]:
     """Logits of base + LoRA (applied at load time) vs. the merged GGUF on `prompt`, and both greedy answers."""
-    from llama_cpp import Llama
+    from gpt4all.core.llamacpp import Llama
 
     out: dict[str, float | bool | str] = {}
     answers, logits = [], []
