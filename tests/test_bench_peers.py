@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from omegaconf import OmegaConf
 
 from gpt4all.collect.testing_server import FakeOpenAI
 from gpt4all.core.cpu import cpu_flags, describe, native_bf16
@@ -58,3 +59,55 @@ def test_raw_aiohttp_client_fails_loudly_on_server_errors():
 
     with FakeOpenAI(latency_s=0.0, faults=Faults(rate_500=1.0)) as srv, pytest.raises(ClientResponseError):
         asyncio.run(raw_aiohttp(srv.base_url, 4, 2))
+
+
+def test_lm_eval_task_scores_what_the_project_scores(tmp_path, tiny_model_cfg, cache_dir):
+    """The local lm-eval task on a tiny model: lm-eval's HF backend and the project's batched scorer give the same
+    per-item log-likelihood of each continuation given its templated context."""
+    pytest.importorskip("lm_eval", reason='lm-eval is in the bench extra: pip install -e ".[bench]"')
+    from lm_eval.models.huggingface import HFLM as LMEvalHF
+
+    from gpt4all.bench.evaluate import lm_eval_loglikelihoods, lm_eval_split
+    from gpt4all.core.lm import HFLM
+    from gpt4all.core.models import load_model, load_tokenizer
+    from gpt4all.core.template import render_prompt, resolve_template
+
+    model, tok = load_model(tiny_model_cfg, cache_dir, seed=0).eval(), load_tokenizer(tiny_model_cfg, cache_dir)
+    template = resolve_template(OmegaConf.create({"style": "chat"}), tok)
+    pairs = [(render_prompt(template, q), a) for q, a in [
+        ("Name a colour.", "Blue."), ("Add 2 and 3.", "2 + 3 = 5"),
+        ("Write a haiku about rain.", "Soft rain on the roof,\nthe gutters hum a low song,\nsleep comes with the grey."),
+        ("Say nothing.", " ")]]
+    theirs, total_s, ll_s = lm_eval_loglikelihoods(LMEvalHF(pretrained=model, tokenizer=tok, batch_size=2), pairs,
+                                                   tmp_path)
+    split = [lm_eval_split(lambda t: tok.encode(t, add_special_tokens=False), c, x) for c, x in pairs]
+    ours = [-s for s, _ in HFLM(model, tok).nll([s for s, _ in split], [lab for _, lab in split], batch_size=3,
+                                                progress=False)]
+    assert len(theirs) == len(pairs) and 0 < ll_s <= total_s
+    assert ours == pytest.approx(theirs, abs=1e-4)
+    assert all(x < 0 for x in theirs)
+
+
+def test_lm_eval_split_moves_the_contexts_trailing_whitespace():
+    from gpt4all.bench.evaluate import lm_eval_split
+
+    encode = lambda t: [ord(c) for c in t]  # noqa: E731 - one id per character
+    ids, labels = lm_eval_split(encode, "Q: hi\n", "A")
+    assert ids == encode("Q: hi\nA") and labels == [-100] * 5 + encode("\nA")
+
+
+def test_datatrove_and_near_dedup_find_the_same_planted_duplicate(tmp_path):
+    pytest.importorskip("datatrove", reason='datatrove is in the bench extra: pip install -e ".[bench]"')
+    pytest.importorskip("orjson")
+    import json
+
+    from gpt4all.bench._dedup_peer import run_datatrove, run_ours
+
+    words = [f"w{i}" for i in range(400)]
+    texts = [" ".join(words[i * 20:(i + 1) * 20]) for i in range(20)]
+    texts.append(texts[3] + " hope this helps")  # 20 words + 3: shingle Jaccard 16 / 19 = 0.84 >= 0.8
+    path = tmp_path / "texts.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    for run in (run_ours, run_datatrove):
+        dups, clusters = run(path)
+        assert dups == [20] and [sorted(c) for c in clusters] == [[3, 20]], run.__name__

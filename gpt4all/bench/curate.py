@@ -160,6 +160,31 @@ def _labels(n: int, clusters: list[list[int]]) -> np.ndarray:
     return label
 
 
+def near_threshold() -> float:
+    from omegaconf import OmegaConf
+
+    from gpt4all.core.config import CONF_DIR
+
+    return float(OmegaConf.load(CONF_DIR / "curation" / "filter" / "near_dedup.yaml").threshold)
+
+
+def planted_jaccard(texts: Path, pairs: list[tuple[int, int]], n: int) -> list[float]:
+    """Exact Jaccard similarity of the word 5-gram shingle sets (the filter's shingles) of each planted pair."""
+    from gpt4all.curate.dedup import shingle_hashes, word_hashes
+
+    wanted = {i for p in pairs for i in p}
+    rows: dict[int, str] = {}
+    with texts.open() as f:
+        for i, line in enumerate(f):
+            if i in wanted:
+                rows[i] = json.loads(line)["text"]
+    order = sorted(rows)
+    sh, per_text = shingle_hashes(*word_hashes([rows[i] for i in order]), 5)
+    ends = np.cumsum(per_text)
+    sets = {i: set(sh[e - k:e].tolist()) for i, e, k in zip(order, ends, per_text)}
+    return [len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b])) for a, b in pairs]
+
+
 def compare_dedup(responses: Path, info: dict[str, Any], n: int, work: Path) -> dict[str, Any]:
     """gpt4all-lab's near-dedup vs datatrove's MinHash pipeline on the first n rows (prompt + response, as the
     filter reads them), each alone in a subprocess: time, peak RSS, the duplicates each flags, how far their
@@ -172,6 +197,9 @@ def compare_dedup(responses: Path, info: dict[str, Any], n: int, work: Path) -> 
             r = json.loads(line)
             out.write(json.dumps({"id": str(i), "text": f"{r.get('prompt') or ''}\n{r.get('response') or ''}"}) + "\n")
     res: dict[str, Any] = {"rows": n}
+    near = [(a, b) for a, b in info["near_pairs"] if a < n and b < n]
+    above = np.array(planted_jaccard(texts, near, n)) >= near_threshold()
+    res["planted_near_pairs_at_threshold"] = int(above.sum())
     for side in ("ours", "datatrove"):
         result = work / f"dedup-{side}-{n}.json"
         wall, peak = run_sampled([sys.executable, "-m", "gpt4all.bench._dedup_peer", side, str(texts), str(result)])
@@ -184,6 +212,11 @@ def compare_dedup(responses: Path, info: dict[str, Any], n: int, work: Path) -> 
             hit = sum(res[side]["label"][a] == res[side]["label"][b] for a, b in planted)
             res[side][f"recall_{kind}"] = hit / max(1, len(planted))
             res[f"planted_{kind}"] = len(planted)
+        res[side]["recall_near_pairs_at_threshold"] = float(np.mean(
+            [res[side]["label"][a] == res[side]["label"][b] for (a, b), ok in zip(near, above) if ok] or [1.0]))
+        planted_rows = {a for a, _ in info["near_pairs"] + info["exact_pairs"]}
+        flagged = np.flatnonzero(res[side]["label"] != np.arange(n))
+        res[side]["flagged_not_planted"] = int(sum(int(i) not in planted_rows for i in flagged))
     ours, theirs = res["ours"].pop("label"), res["datatrove"].pop("label")
     flagged_o, flagged_t = ours != np.arange(n), theirs != np.arange(n)
     both = flagged_o & flagged_t
@@ -269,11 +302,15 @@ def main(argv: list[str]) -> int:
                                                               args.peer_rows or args.rows, work)
             print(f"  near-dedup vs datatrove MinHash on {d['rows']:,} rows (same word 5-grams, permutations, "
                   f"bands x rows; one process each; datatrove stops at its clusters):")
-            print(f"  {'tool':<12}{'wall s':>8}{'peak RSS GB':>13}{'flagged':>9}{'near recall':>13}{'exact recall':>14}")
+            print(f"  {'tool':<12}{'wall s':>8}{'peak RSS GB':>13}{'flagged':>9}{'not planted':>13}{'near recall':>13}"
+                  f"{'(J >= thr)':>12}{'exact recall':>14}")
             for side in ("ours", "datatrove"):
                 r = d[side]
                 print(f"  {side:<12}{r['wall_s']:>8.1f}{r['peak_rss_gb']:>13.2f}{r['duplicates']:>9,}"
-                      f"{r['recall_near_pairs']:>13.1%}{r['recall_exact_pairs']:>14.1%}")
+                      f"{r['flagged_not_planted']:>13,}{r['recall_near_pairs']:>13.1%}"
+                      f"{r['recall_near_pairs_at_threshold']:>12.1%}{r['recall_exact_pairs']:>14.1%}")
+            print(f"  planted near duplicates {d['planted_near_pairs']:,}, of which "
+                  f"{d['planted_near_pairs_at_threshold']:,} have shingle Jaccard >= the threshold")
             a = d["agreement"]
             print(f"  speed-up x{d['speedup']:.2f} (goal >= 2); flagged rows Jaccard {a['flagged_jaccard']:.3f} "
                   f"(ours only {a['ours_only']:,}, datatrove only {a['datatrove_only']:,}); our pairs clustered "
