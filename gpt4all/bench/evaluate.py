@@ -8,7 +8,8 @@ trailing whitespace (the template's newline) into the continuation, so the proje
 Per-item log-likelihoods must agree within 1e-4; time side by side (lm-eval's whole `simple_evaluate` and its
 `loglikelihood` call alone). For a GGUF (default: the bundled SmolLM2 Q4_1), lm-eval's gguf backend (one HTTP
 request per item to a llama.cpp server with echo + logprobs) against the project's in-process llama.cpp scoring
-(`GGUFLM.nll`) of the same pairs, both on one thread.
+(`GGUFLM.nll`) of the same pairs, both on one thread, in the Alpaca text template (with the chat template's special
+tokens llama-cpp-python's echo offsets are wrong and lm-eval's gguf backend misplaces or crashes; see gguf_section).
 
     gpt4all-bench evaluate [--limit N] [--batch-size 8] [--no-gguf] [--naive] [--out outputs/bench/evaluate.json]
 Goals (issue 15): >= 1.0x lm-eval's HF backend with equal values; >= 3x its gguf backend on the same GGUF.
@@ -46,7 +47,8 @@ def lm_eval_task(jsonl: str | Path, name: str = TASK) -> dict[str, Any]:
     return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(jsonl)}},
             "test_split": "test", "output_type": "loglikelihood", "doc_to_text": "{{context}}",
             "doc_to_target": "{{continuation}}", "target_delimiter": "", "num_fewshot": 0,
-            "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False}]}
+            # acc (is the continuation the greedy one) aggregates safely; perplexity of summed LLs overflows
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
 
 
 def lm_eval_loglikelihoods(lm: Any, pairs: list[tuple[str, str]], workdir: Path) -> tuple[list[float], float, float]:
@@ -68,7 +70,8 @@ def lm_eval_loglikelihoods(lm: Any, pairs: list[tuple[str, str]], workdir: Path)
 
     lm.loglikelihood = timed
     start = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm, tasks=[lm_eval_task(path)], log_samples=True, verbosity="WARNING")
+    out = lm_eval.simple_evaluate(model=lm, tasks=[lm_eval_task(path)], log_samples=True, bootstrap_iters=0,
+                                 verbosity="WARNING")
     total = time.perf_counter() - start
     samples = sorted(out["samples"][TASK], key=lambda s: s["doc_id"])
     return [float(s["filtered_resps"][0][0]) for s in samples], total, spent[0]
@@ -106,10 +109,14 @@ def hf_section(model, tok, pairs, args, tmp: Path) -> dict[str, Any]:
     split = [lm_eval_split(enc, c, x) for c, x in pairs]
     seqs, labels = [s for s, _ in split], [lab for _, lab in split]
     tokens = sum(len(s) for s in seqs)
+    lm = HFLM(model, tok)
+    lm.nll(seqs[:2], labels[:2], batch_size=2, progress=False)  # warm-up (thread pools, allocator), untimed
     start = time.perf_counter()
-    ours = [-s for s, _ in HFLM(model, tok).nll(seqs, labels, batch_size=args.batch_size, progress=False)]
+    ours = [-s for s, _ in lm.nll(seqs, labels, batch_size=args.batch_size, progress=False)]
     t_ours = time.perf_counter() - start
-    peer = LMEvalHF(pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=args.max_length)
+    # log-softmax in float64 on both sides (the project's scorer always does), so only the forward can differ
+    peer = LMEvalHF(pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=args.max_length,
+                    softmax_dtype=torch.float64)
     theirs, t_total, t_ll = lm_eval_loglikelihoods(peer, pairs, tmp)
     return {"tokens": tokens, "gpt4all_s": t_ours, "lm_eval_s": t_total, "lm_eval_loglikelihood_s": t_ll,
             "speedup": t_total / t_ours, "speedup_vs_loglikelihood_call": t_ll / t_ours,
@@ -118,6 +125,9 @@ def hf_section(model, tok, pairs, args, tmp: Path) -> dict[str, Any]:
 
 
 def gguf_section(gguf: Path, pairs, args, tmp: Path) -> dict[str, Any]:
+    """lm-eval's gguf backend vs GGUFLM.nll on `pairs` (text-template contexts: llama-cpp-python's echo offsets
+    leave out special tokens such as <|im_start|>, so lm-eval's gguf backend misplaces a chat-template
+    continuation, or fails with IndexError)."""
     from lm_eval.models.gguf import GGUFLM as LMEvalGGUF
 
     from gpt4all.collect.server import LlamaCppServer
@@ -125,6 +135,7 @@ def gguf_section(gguf: Path, pairs, args, tmp: Path) -> dict[str, Any]:
     lm = GGUFLM(gguf, n_threads=1, n_ctx=args.max_length)
     enc = lambda t: lm.encode(t)  # noqa: E731
     seqs, labels = zip(*(([*enc(c), *enc(x)], [IGNORE_INDEX] * len(enc(c)) + enc(x)) for c, x in pairs))
+    lm.nll(seqs[:1], labels[:1], progress=False)  # warm-up, untimed
     start = time.perf_counter()
     ours = [-s for s, _ in lm.nll(seqs, labels, progress=False)]
     t_ours = time.perf_counter() - start
@@ -148,6 +159,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-length", type=int, default=2048, help="long enough that no pair is truncated")
     ap.add_argument("--gguf", default="bundled", help="GGUF for the gguf comparison (bundled: SmolLM2 Q4_1)")
     ap.add_argument("--no-gguf", action="store_true")
+    ap.add_argument("--gguf-limit", type=int, default=0, help="pairs for the gguf comparison (0: all)")
     ap.add_argument("--naive", action="store_true", help="also time a naive per-example HF loop (an aside)")
     ap.add_argument("--cache-dir", default=str(Path("~/.cache/gpt4all-lab").expanduser()))
     ap.add_argument("--out", default="outputs/bench/evaluate.json")
@@ -174,7 +186,11 @@ def main(argv: list[str]) -> int:
         if "skipped" not in res:
             res["hf"] = hf_section(model, tok, pairs, args, Path(tmp))
             if not args.no_gguf:
-                res["gguf"] = gguf_section(resolve_gguf(args.gguf), pairs, args, Path(tmp))
+                text = resolve_template(OmegaConf.load(CONF_DIR / "template" / "alpaca.yaml"), tok)
+                text_pairs = [(render_prompt(text, instruction_prompt(i, x)), o) for i, x, o in examples]
+                res["gguf"] = gguf_section(resolve_gguf(args.gguf), text_pairs[: args.gguf_limit or None], args,
+                                           Path(tmp))
+                res["gguf"]["template"] = "alpaca (text; see gguf_section)"
     if args.naive:
         start = time.perf_counter()
         naive_loop(model, tok, template, examples, args.max_length)
