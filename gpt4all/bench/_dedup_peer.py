@@ -62,7 +62,11 @@ def run_ours(path: Path) -> tuple[list[int], list[list[int]]]:
 def run_datatrove(path: Path) -> tuple[list[int], list[list[int]]]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature)
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.utils.hashing import HashConfig
     from datatrove.utils.text import TextNormConfig

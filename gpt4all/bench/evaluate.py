@@ -30,11 +30,16 @@ from omegaconf import OmegaConf
 
 from gpt4all.core.config import CONF_DIR
 from gpt4all.core.cpu import describe
-from gpt4all.core.lm import HFLM, GGUFLM
+from gpt4all.core.lm import GGUFLM, HFLM
 from gpt4all.core.manifest import write_json
 from gpt4all.core.metrics import instruction_prompt
 from gpt4all.core.models import load_model, load_tokenizer, resolve_gguf
-from gpt4all.core.template import IGNORE_INDEX, encode_pair, render_prompt, resolve_template
+from gpt4all.core.template import (
+    IGNORE_INDEX,
+    encode_pair,
+    render_prompt,
+    resolve_template,
+)
 
 SUITE = Path(__file__).resolve().parents[3] / "shared/data/self_instruct/user_oriented_instructions.jsonl"
 TASK = "gpt4all_self_instruct_ll"
