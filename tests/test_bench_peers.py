@@ -111,3 +111,11 @@ def test_datatrove_and_near_dedup_find_the_same_planted_duplicate(tmp_path):
     for run in (run_ours, run_datatrove):
         dups, clusters = run(path)
         assert dups == [20] and [sorted(c) for c in clusters] == [[3, 20]], run.__name__
+
+
+def test_a_peer_that_does_not_import_is_named_and_skipped(monkeypatch):
+    import gpt4all.bench.train as bench_train
+
+    monkeypatch.setitem(bench_train.PEERS, "trl_sft", "no_such_peer_package")
+    missing = bench_train.missing_peers(["gpt4all-lab", "trl_sft", "hf_trainer_peft"])
+    assert list(missing) == ["trl_sft"] and "no_such_peer_package" in missing["trl_sft"]
