@@ -32,7 +32,6 @@ from gpt4all.core.jsonl import read_jsonl
 from gpt4all.core.manifest import write_json
 from gpt4all.curate.dedup import NearDedupFilter, shingle_hashes, word_hashes
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def build(rows: int, planted: float, data_dir: Path, seed: int) -> tuple[list[str], np.ndarray]:
@@ -139,7 +138,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--planted", type=float, default=0.05, help="share of rows that are planted near-duplicates")
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data-dir", required=True, help="dir with p3_t0/ and gpteacher/ (e.g. ../shared/data)")
     ap.add_argument("--out", default="outputs/bench/near_dedup.json")
     args = ap.parse_args(argv)
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from gpt4all.core.models import resolve_gguf
@@ -35,12 +36,14 @@ class LlamaCppServer:
         n_threads: int = 1,
         startup_timeout_s: float = 120,
         log_path: str | Path | None = None,
+        extra_args: Sequence[str] = (),
     ):
         self.model_path = resolve_gguf(model_path)
         self.model_alias, self.host, self.n_ctx, self.n_threads = model_alias, host, n_ctx, n_threads
         self.port = port or free_port(host)
         self.startup_timeout_s = startup_timeout_s
         self.log_path = Path(log_path) if log_path else None
+        self.extra_args = list(extra_args)  # more llama_cpp.server flags, e.g. ["--logits_all", "True"]
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -53,6 +56,7 @@ class LlamaCppServer:
             "--model", str(self.model_path), "--model_alias", self.model_alias,
             "--host", self.host, "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+            *self.extra_args,
         ]
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from gpt4all.core.cpu import cpu_flags
+
 log = logging.getLogger(__name__)
 
 DIST = "llama-cpp-python"
@@ -145,17 +147,6 @@ def tool(name: str, cache_root: str | Path | None = None, jobs: int | None = Non
 
 # --- running llama.cpp on this CPU -----------------------------------------------------------------------------
 EXTRA_BUFFERS_ENV = "GPT4ALL_LAB_LLAMACPP_EXTRA_BUFFERS"   # 1 / 0 forces llama.cpp's repacked weight buffers on / off
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is absent)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def use_extra_buffers() -> bool:

@@ -83,8 +83,8 @@ def sequence_nll_hf(
 ) -> list[tuple[float, int]]:
     """(summed NLL, scored tokens) per sequence with a HF causal LM; input order kept.
 
-    Batches hold sequences of similar length (longest first), right-padded with an attention mask, so padding
-    never changes a score. The output head and log-softmax run only on the positions that predict a scored
+    Batches hold sequences of similar length (longest first), right-padded and run without an attention mask:
+    causal attention never lets a real position see the pads, so padding never changes a score. The output head and log-softmax run only on the positions that predict a scored
     token (the prompt's positions are skipped), which on a 49k vocabulary is a large share of the work.
     """
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -99,18 +99,18 @@ def sequence_nll_hf(
                 batch = order[start: start + batch_size]
                 width = max(len(seqs[i]) for i in batch)
                 ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
                 target = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
                 for row, i in enumerate(batch):
                     n = len(seqs[i])
                     ids[row, :n] = torch.as_tensor(list(seqs[i]))
-                    mask[row, :n] = 1
                     target[row, : n - 1] = torch.as_tensor(list(labels[i])[1:n], dtype=torch.long)
                 rows, cols = (target != IGNORE_INDEX).nonzero(as_tuple=True)
+                # right padding and causal attention: no real position ever sees a pad, so no attention mask
+                # (with one, SDPA leaves its causal fast path; lm-eval passes none either)
                 if split is None:
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[rows, cols]
+                    logits = model(input_ids=ids.to(device), use_cache=False).logits[rows, cols]
                 else:
-                    hidden = split[0](input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                    hidden = split[0](input_ids=ids.to(device), use_cache=False).last_hidden_state
                     logits = split[1](hidden[rows.to(device), cols.to(device)])
                 logprobs = torch.log_softmax(logits.cpu().double(), dim=-1)
                 tok_nll = -logprobs.gather(1, target[rows, cols][:, None]).squeeze(1)

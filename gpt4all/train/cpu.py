@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from gpt4all.core.cpu import native_bf16
+
 DROPOUT_BITS = 15  # random bits per dropout decision: p is rounded to a multiple of 2**-15
 
 
@@ -38,3 +40,11 @@ def use_cpu_dropout(model: torch.nn.Module) -> int:
                 drops[key] = CPUDropout(drop.p)
                 swapped += 1
     return swapped
+
+
+def cpu_precision(requested: str | int | None = "auto", flags: set[str] | None = None) -> str:
+    """Lightning precision for CPU training: `requested` unless it is "auto"/None, else the faster one for this
+    CPU: "bf16-mixed" with native bf16 (gpt4all.core.cpu.native_bf16), "32-true" otherwise."""
+    if requested not in (None, "auto"):
+        return str(requested)
+    return "bf16-mixed" if native_bf16(flags) else "32-true"

@@ -14,12 +14,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig
 
 from gpt4all.core.config import config_hash, latest_run
+from gpt4all.core.cpu import BF16_FLAGS, cpu_flags
 from gpt4all.core.manifest import read_manifest, write_manifest
 from gpt4all.core.models import load_model, load_tokenizer, resolve_gguf
 from gpt4all.core.pairs import load_pairs
 from gpt4all.core.template import resolve_template
 from gpt4all.core.tracking import Tracker
 from gpt4all.train.card import model_card
+from gpt4all.train.cpu import cpu_precision
 from gpt4all.train.data import ChatDataModule
 from gpt4all.train.module import LoRAModule, peft_config
 
@@ -100,8 +102,13 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     )
     loggers = tracker.lightning_loggers()
     callbacks = build_callbacks(cfg, run_dir, bool(loggers))
+    precision = cfg.trainer.precision
+    if precision == "auto":  # trainer=cpu: the faster precision for this CPU
+        precision = cpu_precision(precision) if cfg.trainer.accelerator == "cpu" else "bf16-mixed"
+        log.info("trainer.precision=auto -> %s (CPU bf16 flags: %s)", precision,
+                 ", ".join(sorted(cpu_flags() & set(BF16_FLAGS))) or "none")
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
+        cfg.trainer, precision=precision, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
     )
     ckpt = resume_path(t.resume, run_dir)
@@ -120,6 +127,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         "val_examples": datamodule.num_val_examples,
         "tokens_seen": module.tokens_seen,
         "trainable_params": module.num_trainable_params,
+        "precision": precision,
     }
     if not trainer.is_global_zero:  # other ranks of a data-parallel run leave the outputs to rank 0
         return metrics
