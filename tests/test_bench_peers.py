@@ -37,9 +37,9 @@ def test_this_machine_is_described_from_its_flags():
 def test_trainer_cpu_config_asks_for_auto_precision():
     from omegaconf import OmegaConf
 
-    from gpt4all.core.config import CONF_DIR
+    from gpt4all.core.config import conf_dir
 
-    assert OmegaConf.load(CONF_DIR / "trainer" / "cpu.yaml").precision == "auto"
+    assert OmegaConf.load(conf_dir() / "trainer" / "cpu.yaml").precision == "auto"
 
 
 def test_raw_aiohttp_client_answers_every_request():

@@ -73,8 +73,8 @@ def main(out: Path) -> None:
         "per_seed": per_seed, "loadavg_at_analysis": os.getloadavg(),
     }
     (HERE / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"seed | with/without median paired ratio [item CI] | share with higher | train tokens with / without "
-          f"(label tokens) | val loss with / without")
+    print("seed | with/without median paired ratio [item CI] | share with higher | train tokens with / without "
+          "(label tokens) | val loss with / without")
     for r in per_seed:
         w, wo = r["train"]["with_p3"], r["train"]["without_p3"]
         print(f"{r['seed']} | {r['ratio_with_over_without']:.3f} [{r['items_ci'][0]:.3f}, {r['items_ci'][1]:.3f}] | "

@@ -16,7 +16,7 @@ autocast): the attention of one layer on the first packed batch (bf16 matmuls vs
 the loss of 730 response tokens (chunked vs full logits), and the dropout on one LoRA input. Prints tables,
 writes JSON.
 
-    python experiments/train_throughput/step_ab.py --out experiments/train_throughput/step_ab.json
+    python experiments/train_throughput/step_ab.py --data ../shared/data/gpteacher/codegen.jsonl --out experiments/train_throughput/step_ab.json
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from gpt4all.bench.train import DEFAULT_DATA, LORA, load_pairs
-from gpt4all.core.config import CONF_DIR
+from gpt4all.bench.train import LORA, load_pairs
+from gpt4all.core.config import conf_dir
 from gpt4all.core.models import load_model, load_tokenizer
 from gpt4all.core.template import encode_pair, resolve_template
 from gpt4all.train import attention
@@ -137,19 +137,20 @@ def time_dropout(p: float = 0.05, reps: int = 50) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="JSONL with prompt, response (e.g. gpteacher/codegen.jsonl)")
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=Path("outputs/bench/train_step_ab.json"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    model_cfg = OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml")
-    cache = OmegaConf.load(CONF_DIR / "paths" / "default.yaml").cache_dir
+    model_cfg = OmegaConf.load(conf_dir() / "model" / "smollm2_135m.yaml")
+    cache = OmegaConf.load(conf_dir() / "paths" / "default.yaml").cache_dir
     tok = load_tokenizer(model_cfg, cache)
     template = resolve_template(model_cfg.template, tok)
     enc = lambda t: tok.encode(t, add_special_tokens=False)
     examples = [dict(zip(("input_ids", "labels"), encode_pair(enc, template, p, r, 512)))
-                for p, r in load_pairs(DEFAULT_DATA, 400)]
+                for p, r in load_pairs(args.data, 400)]
     units = make_units(examples, "pack", 2, 512, 0)
     collate = Collator(tok.pad_token_id, pack=True)
     batches = [collate(units[i:i + 2]) for i in range(0, 2 * args.batches, 2)]

@@ -28,9 +28,9 @@ def near_dedup_filter() -> NearDedupFilter:
     """The filter as conf/curation/filter/near_dedup.yaml configures it (one text field)."""
     from omegaconf import OmegaConf
 
-    from gpt4all.core.config import CONF_DIR
+    from gpt4all.core.config import conf_dir
 
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "curation" / "filter" / "near_dedup.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "curation" / "filter" / "near_dedup.yaml"))
     cfg.pop("_target_")
     cfg["fields"] = ["text"]
     return NearDedupFilter(**cfg)

@@ -162,9 +162,9 @@ def _labels(n: int, clusters: list[list[int]]) -> np.ndarray:
 def near_threshold() -> float:
     from omegaconf import OmegaConf
 
-    from gpt4all.core.config import CONF_DIR
+    from gpt4all.core.config import conf_dir
 
-    return float(OmegaConf.load(CONF_DIR / "curation" / "filter" / "near_dedup.yaml").threshold)
+    return float(OmegaConf.load(conf_dir() / "curation" / "filter" / "near_dedup.yaml").threshold)
 
 
 def planted_jaccard(texts: Path, pairs: list[tuple[int, int]], n: int) -> list[float]:
