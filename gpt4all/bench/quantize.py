@@ -1,5 +1,5 @@
-"""`gpt4all-bench quantize`: every quantization scheme of SmolLM2-135M against its unquantized reference in the
-same engine: GGUF schemes (with and without an importance matrix) against the f16 GGUF in llama.cpp, GPTQ and
+"""`gpt4all-bench quantize`: every quantization scheme of SmolLM2-135M (`--model gemma3_270m`: Gemma-3-270M)
+against its unquantized reference in the same engine: GGUF schemes (with and without an importance matrix) against the f16 GGUF in llama.cpp, GPTQ and
 nf4 against the fp32 model in transformers. Per response token of the suite: KL divergence (mean with CI, 99th
 percentile), same top token, RMS delta-p, perplexity ratio with CI; size, bits per weight, and decode tokens/s
 against the f16 GGUF and the memory-bandwidth ceiling measured in the same run.
@@ -42,7 +42,7 @@ from gpt4all.core.models import (
     load_pretrained_dir,
     load_tokenizer,
 )
-from gpt4all.core.template import render_prompt
+from gpt4all.core.template import render_prompt, resolve_template
 from gpt4all.evaluate.suites import load_suite
 from gpt4all.quantize import imatrix as im
 from gpt4all.quantize.gguf import quantize_gguf
@@ -177,6 +177,7 @@ def row_stats(div: Divergence) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="gpt4all-bench quantize", description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", required=True, help="Self-Instruct JSONL (user_oriented_instructions.jsonl)")
+    ap.add_argument("--model", default="smollm2_135m", help="a conf/model preset (gemma3_270m needs the gemma extra)")
     ap.add_argument("--calibration", action="append", default=[],
                     help="prompt/response JSONL for the importance matrix (repeatable)")
     ap.add_argument("--calibration-pairs", type=int, default=512)
@@ -198,11 +199,13 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    model_cfg = OmegaConf.load(conf_dir() / "model" / "smollm2_135m.yaml")
-    template = model_cfg.template
+    model_cfg = OmegaConf.load(conf_dir() / "model" / f"{args.model}.yaml")
+    tokenizer = load_tokenizer(model_cfg, args.cache_dir)
+    template = OmegaConf.create(resolve_template(model_cfg.template, tokenizer))
     ev = OmegaConf.create({"name": "suite", "format": "self_instruct", "path": args.suite, "limit": args.limit})
     examples = [e.triple() for e in load_suite(ev)]
-    res: dict[str, Any] = {"command": "gpt4all-bench quantize " + " ".join(argv), "machine": cpu_info(),
+    res: dict[str, Any] = {"command": "gpt4all-bench quantize " + " ".join(argv), "model": args.model,
+                           "machine": cpu_info(),
                            "loadavg_start": os.getloadavg(), "threads": args.threads, "examples": len(examples),
                            "note": "2-core machine shared with other engineers' light tests; see loadavg",
                            "rows": []}
@@ -220,7 +223,7 @@ def main(argv: list[str]) -> int:
         model = load_model(model_cfg, args.cache_dir)
         n_params = sum(p.numel() for p in model.parameters())
         model.save_pretrained(hf_dir)
-        load_tokenizer(model_cfg, args.cache_dir).save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
         del model
         start = time.perf_counter()
         f16 = export_model(hf_dir, tmp / "f16.gguf", "f16")
