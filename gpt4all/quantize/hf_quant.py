@@ -49,7 +49,7 @@ def calibration_texts(dataset_dir: str | Path, template: Any, n: int, seed: int 
         ds = []
     if len(ds) == 0:
         raise ValueError(f"{dataset_dir}: the curated dataset is empty, nothing to calibrate with")
-    ds = ds.shuffle(seed=seed)
+    ds = ds.shuffle(seed=seed, keep_in_memory=True)  # no cache file in the (cached) curate run dir
     rows = ds.select(range(min(n, len(ds))))
     return [render_prompt(template, r["prompt"]) + r["response"] + str(template.response_suffix) for r in rows]
 

@@ -38,7 +38,7 @@ def gate_pairs(dataset_dir: str, n: int, seed: int) -> list[tuple[str, str, str]
     """The last `n` curated pairs of the seeded shuffle (calibration draws from the front) as eval triples."""
     import datasets
 
-    ds = datasets.load_from_disk(str(dataset_dir)).shuffle(seed=seed)
+    ds = datasets.load_from_disk(str(dataset_dir)).shuffle(seed=seed, keep_in_memory=True)
     rows = ds.select(range(max(0, len(ds) - n), len(ds)))
     return [(r["prompt"], "", r["response"]) for r in rows]
 
