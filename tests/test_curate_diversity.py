@@ -130,3 +130,26 @@ def test_diversity_rule_separates_sources_it_was_not_tuned_on(tmp_path):
     assert {"unique_response_share", "median_tokens", "top_prefix_share", "length_cv"} <= set(templated["failed"])
     assert not varied["flagged"] and varied["failed"] == []
     assert result["dropped_sources"] == ["templated"] and result["kept_per_source"]["varied"] == varied["rows"]
+
+
+def test_confirm_z_recovers_pairs_whose_estimate_falls_below_the_threshold():
+    """Pairs at the threshold whose 64-permutation estimate reads low are lost at confirm_z=0 and joined at 2
+    (confirmed at 0.8 - 2 * 0.05 = 0.70); pairs far below the threshold stay apart at both."""
+    words = [f"w{i}" for i in range(20_000)]
+    rows, near, far = [], [], []
+    for k in range(200):  # 36 words, 32 shingles; the copy's last m words replaced: m=3 shares 29 of 35 shingles
+        base = words[k * 36:(k + 1) * 36]  # (Jaccard 0.83), m=13 shares 19 of 45 (0.42)
+        m = 3 if k % 2 else 13
+        rows.append({"prompt": " ".join(base), "response": ""})
+        (near if k % 2 else far).append(len(rows))
+        rows.append({"prompt": " ".join(base[:-m] + [f"x{k}_{j}" for j in range(m)]), "response": ""})
+    found = {}
+    for z in (0.0, 2.0):
+        f = NearDedupFilter(threshold=0.8, num_perm=64, fields=["prompt"], confirm_z=z)
+        assert f.confirm_at == pytest.approx(0.8 - z * 0.05)
+        dup_of = f.select(f.keys(rows), np.ones(len(rows), bool))
+        found[z] = {i for i in near if dup_of[i] == i - 1}
+        assert not any(dup_of[i] >= 0 for i in far)
+    assert found[0.0] < found[2.0] and len(found[2.0]) >= 0.9 * len(near)
+    with pytest.raises(ValueError, match="confirm_z"):
+        NearDedupFilter(confirm_z=-1)

@@ -1,8 +1,8 @@
 """Near-duplicate detection by gpt4all-lab's NearDedupFilter and by datatrove's MinHash pipeline on one JSONL of
-{"text"} rows, each run alone in its own process (`python -m gpt4all.bench._dedup_peer ours|datatrove IN OUT`) so
-the benchmark can sample its peak RSS. OUT gets a JSON {"seconds", "duplicates": row indices flagged as
-duplicates, "clusters": [[rows], ...]}. Both use the same shingles (lower-cased [0-9a-z_] and non-ASCII word runs,
-word 5-grams), the same number of permutations and the same LSH bands x rows as the filter's config; datatrove
+{"text"} rows, each run alone in its own process (`python -m gpt4all.bench._dedup_peer ours|datatrove IN OUT
+[CONFIRM_Z]`, the last for `ours` only) so the benchmark can sample its peak RSS. OUT gets a JSON {"seconds",
+"duplicates": row indices flagged as duplicates, "clusters": [[rows], ...]}. Both use the same shingles (lower-cased
+[0-9a-z_] and non-ASCII word runs, word 5-grams), the same number of permutations and the same LSH bands x rows as the filter's config; datatrove
 has no Jaccard confirmation of bucket matches (it clusters every bucket collision).
 """
 
@@ -24,8 +24,8 @@ CHUNK = 2000
 WORDS = re.compile(r"[0-9a-z_\u0080-\U0010ffff]+")
 
 
-def near_dedup_filter() -> NearDedupFilter:
-    """The filter as conf/curation/filter/near_dedup.yaml configures it (one text field)."""
+def near_dedup_filter(confirm_z: float | None = None) -> NearDedupFilter:
+    """The filter as conf/curation/filter/near_dedup.yaml configures it (one text field; `confirm_z` if given)."""
     from omegaconf import OmegaConf
 
     from gpt4all.core.config import conf_dir
@@ -33,6 +33,8 @@ def near_dedup_filter() -> NearDedupFilter:
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "curation" / "filter" / "near_dedup.yaml"))
     cfg.pop("_target_")
     cfg["fields"] = ["text"]
+    if confirm_z is not None:
+        cfg["confirm_z"] = confirm_z
     return NearDedupFilter(**cfg)
 
 
@@ -43,8 +45,8 @@ def clusters_from_dup_of(dup_of: np.ndarray) -> list[list[int]]:
     return list(groups.values())
 
 
-def run_ours(path: Path) -> tuple[list[int], list[list[int]]]:
-    f = near_dedup_filter()
+def run_ours(path: Path, confirm_z: float | None = None) -> tuple[list[int], list[list[int]]]:
+    f = near_dedup_filter(confirm_z)
     parts, batch = [], []
     with path.open() as fh:
         for line in fh:
@@ -108,9 +110,12 @@ def run_datatrove(path: Path) -> tuple[list[int], list[list[int]]]:
 
 
 def main(argv: list[str]) -> int:
-    which, src, out = argv
+    which, src, out, *confirm_z = argv
     start = time.perf_counter()
-    dups, clusters = (run_ours if which == "ours" else run_datatrove)(Path(src))
+    if which == "ours":
+        dups, clusters = run_ours(Path(src), *map(float, confirm_z))
+    else:
+        dups, clusters = run_datatrove(Path(src))
     Path(out).write_text(json.dumps({"seconds": time.perf_counter() - start, "duplicates": dups,
                                      "clusters": clusters}))
     return 0

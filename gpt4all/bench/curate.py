@@ -184,6 +184,11 @@ def planted_jaccard(texts: Path, pairs: list[tuple[int, int]], n: int) -> list[f
     return [len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b])) for a, b in pairs]
 
 
+# the filter as configured; at confirm_z=2 (pairs confirmed 2 standard errors below the threshold: about
+# datatrove's recall, which clusters every bucket collision unconfirmed); datatrove
+DEDUP_SIDES = {"ours": ["ours"], "ours_z2": ["ours", "2"], "datatrove": ["datatrove"]}
+
+
 def compare_dedup(responses: Path, info: dict[str, Any], n: int, work: Path) -> dict[str, Any]:
     """gpt4all-lab's near-dedup vs datatrove's MinHash pipeline on the first n rows (prompt + response, as the
     filter reads them), each alone in a subprocess: time, peak RSS, the duplicates each flags, how far their
@@ -199,9 +204,11 @@ def compare_dedup(responses: Path, info: dict[str, Any], n: int, work: Path) -> 
     near = [(a, b) for a, b in info["near_pairs"] if a < n and b < n]
     above = np.array(planted_jaccard(texts, near, n)) >= near_threshold()
     res["planted_near_pairs_at_threshold"] = int(above.sum())
-    for side in ("ours", "datatrove"):
+    hits: dict[str, np.ndarray] = {}
+    for side, cmd in DEDUP_SIDES.items():
         result = work / f"dedup-{side}-{n}.json"
-        wall, peak = run_sampled([sys.executable, "-m", "gpt4all.bench._dedup_peer", side, str(texts), str(result)])
+        wall, peak = run_sampled([sys.executable, "-m", "gpt4all.bench._dedup_peer", cmd[0], str(texts), str(result),
+                                  *cmd[1:]])
         found = json.loads(result.read_text())
         res[side] = {"wall_s": round(wall, 1), "dedup_s": round(found["seconds"], 1),
                      "peak_rss_gb": round(peak / 2**30, 3), "duplicates": len(found["duplicates"]),
@@ -211,8 +218,9 @@ def compare_dedup(responses: Path, info: dict[str, Any], n: int, work: Path) -> 
             hit = sum(res[side]["label"][a] == res[side]["label"][b] for a, b in planted)
             res[side][f"recall_{kind}"] = hit / max(1, len(planted))
             res[f"planted_{kind}"] = len(planted)
-        res[side]["recall_near_pairs_at_threshold"] = float(np.mean(
-            [res[side]["label"][a] == res[side]["label"][b] for (a, b), ok in zip(near, above) if ok] or [1.0]))
+        hits[side] = np.array([res[side]["label"][a] == res[side]["label"][b] for (a, b), ok in zip(near, above)
+                               if ok], bool)
+        res[side]["recall_near_pairs_at_threshold"] = float(hits[side].mean()) if len(hits[side]) else 1.0
         planted_rows = {a for a, _ in info["near_pairs"] + info["exact_pairs"]}
         flagged = np.flatnonzero(res[side]["label"] != np.arange(n))
         res[side]["flagged_not_planted"] = int(sum(int(i) not in planted_rows for i in flagged))
@@ -225,8 +233,24 @@ def compare_dedup(responses: Path, info: dict[str, Any], n: int, work: Path) -> 
         # a flagged row and its cluster's first row: does the other tool put them in one cluster too?
         "our_pairs_in_datatrove": float((theirs[flagged_o] == theirs[ours[flagged_o]]).mean()) if flagged_o.any() else 1.0,
         "datatrove_pairs_in_ours": float((ours[flagged_t] == ours[theirs[flagged_t]]).mean()) if flagged_t.any() else 1.0}
-    res["speedup"] = res["datatrove"]["wall_s"] / res["ours"]["wall_s"]
+    for side in DEDUP_SIDES:
+        res[side].pop("label", None)
+        if side != "datatrove":
+            res[side]["speedup"] = res["datatrove"]["wall_s"] / res[side]["wall_s"]
+            res[side]["recall_vs_datatrove"] = recall_difference(hits[side], hits["datatrove"])
+    res["speedup"] = res["ours"]["speedup"]
     return res
+
+
+def recall_difference(ours: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
+    """Paired comparison of two methods' hits on the same planted pairs: the pairs only one finds, and the exact
+    McNemar test (two-sided binomial on the discordant pairs) of equal recall."""
+    from scipy.stats import binomtest
+
+    only_ours, only_theirs = int((ours & ~theirs).sum()), int((theirs & ~ours).sum())
+    p = binomtest(only_ours, only_ours + only_theirs).pvalue if only_ours + only_theirs else 1.0
+    return {"only_ours": only_ours, "only_datatrove": only_theirs,
+            "difference": (only_ours - only_theirs) / max(1, len(ours)), "mcnemar_p": float(p)}
 
 
 def per_filter(responses: Path, overrides: list[str], n: int = 20000) -> list[dict[str, Any]]:
@@ -303,15 +327,21 @@ def main(argv: list[str]) -> int:
                   f"bands x rows; one process each; datatrove stops at its clusters):")
             print(f"  {'tool':<12}{'wall s':>8}{'peak RSS GB':>13}{'flagged':>9}{'not planted':>13}{'near recall':>13}"
                   f"{'(J >= thr)':>12}{'exact recall':>14}")
-            for side in ("ours", "datatrove"):
+            for side in DEDUP_SIDES:
                 r = d[side]
                 print(f"  {side:<12}{r['wall_s']:>8.1f}{r['peak_rss_gb']:>13.2f}{r['duplicates']:>9,}"
                       f"{r['flagged_not_planted']:>13,}{r['recall_near_pairs']:>13.1%}"
                       f"{r['recall_near_pairs_at_threshold']:>12.1%}{r['recall_exact_pairs']:>14.1%}")
             print(f"  planted near duplicates {d['planted_near_pairs']:,}, of which "
-                  f"{d['planted_near_pairs_at_threshold']:,} have shingle Jaccard >= the threshold")
+                  f"{d['planted_near_pairs_at_threshold']:,} have shingle Jaccard >= the threshold; of those,")
+            for side in DEDUP_SIDES:
+                if side != "datatrove":
+                    r = d[side]["recall_vs_datatrove"]
+                    print(f"    {side} finds {r['only_ours']} that datatrove misses and misses {r['only_datatrove']} "
+                          f"it finds: recall difference {r['difference']:+.2%} (McNemar p = {r['mcnemar_p']:.2g})")
             a = d["agreement"]
-            print(f"  speed-up x{d['speedup']:.2f} (goal >= 2); flagged rows Jaccard {a['flagged_jaccard']:.3f} "
+            print(f"  speed-up x{d['ours']['speedup']:.2f}, at confirm_z=2 x{d['ours_z2']['speedup']:.2f} (goal >= 2); "
+                  f"flagged rows Jaccard {a['flagged_jaccard']:.3f} "
                   f"(ours only {a['ours_only']:,}, datatrove only {a['datatrove_only']:,}); our pairs clustered "
                   f"by datatrove {a['our_pairs_in_datatrove']:.1%}, theirs by ours {a['datatrove_pairs_in_ours']:.1%}")
     result["loadavg_after"] = os.getloadavg()

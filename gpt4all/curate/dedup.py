@@ -185,21 +185,27 @@ class NearDedupFilter(GlobalFilter):
 
     In each band, the rows that share a band hash form a bucket; each member is compared with the bucket's
     first row only (not with every other member) and joined to it when their signatures agree on at least
-    `threshold` of their values. Joined rows form connected groups across bands; each group keeps its first
-    row.
+    `confirm_at` of their values: `threshold` less `confirm_z` standard errors of the MinHash estimate at the
+    threshold (sqrt(t (1 - t) / num_perm)), so a pair truly at the threshold is not lost to estimation noise
+    (`confirm_z=0` confirms at the threshold itself). Joined rows form connected groups across bands; each
+    group keeps its first row.
     """
 
     name = "near_dedup"
     reason = "near_duplicate"
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 64, ngram: int = 5, seed: int = 1,
-                 fields: Sequence[str] = ("prompt", "response"), lsh_weights: Sequence[float] = (0.1, 0.9)):
+                 fields: Sequence[str] = ("prompt", "response"), lsh_weights: Sequence[float] = (0.1, 0.9),
+                 confirm_z: float = 0.0):
         from datasketch import MinHash, MinHashLSH
 
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold, self.num_perm, self.ngram, self.seed = threshold, num_perm, ngram, seed
+        if confirm_z < 0:
+            raise ValueError(f"confirm_z must be >= 0, got {confirm_z}")
         self.fields = list(fields)
+        self.confirm_at = threshold - confirm_z * float(np.sqrt(threshold * (1 - threshold) / num_perm))
         # candidates are confirmed by estimated Jaccard, so the bands favour recall (false-negative weight 0.9)
         lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=tuple(lsh_weights))
         self.bands, self.rows = lsh.b, lsh.r
@@ -230,7 +236,7 @@ class NearDedupFilter(GlobalFilter):
             members = np.flatnonzero(~new)
             rep, mem = idx[order[group_first[members]]], idx[order[members]]
             sim = (sig[rep] == sig[mem]).mean(axis=1) if len(rep) else np.zeros(0)
-            ok = sim >= self.threshold
+            ok = sim >= self.confirm_at
             edges_a.append(rep[ok])
             edges_b.append(mem[ok])
         dup_of = np.full(len(alive), -1, np.int64)
