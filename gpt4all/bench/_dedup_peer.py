@@ -2,8 +2,8 @@
 {"text"} rows, each run alone in its own process (`python -m gpt4all.bench._dedup_peer ours|datatrove IN OUT
 [CONFIRM_Z]`, the last for `ours` only) so the benchmark can sample its peak RSS. OUT gets a JSON {"seconds",
 "duplicates": row indices flagged as duplicates, "clusters": [[rows], ...]}. Both use the same shingles (lower-cased
-[0-9a-z_] and non-ASCII word runs, word 5-grams), the same number of permutations and the same LSH bands x rows as the filter's config; datatrove
-has no Jaccard confirmation of bucket matches (it clusters every bucket collision).
+[0-9a-z_] and non-ASCII word runs, word 5-grams), the same number of permutations and the same LSH bands x rows as
+the filter's config; datatrove has no Jaccard confirmation of bucket matches (it clusters every bucket collision).
 """
 
 from __future__ import annotations
