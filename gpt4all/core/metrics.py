@@ -84,10 +84,11 @@ def sequence_nll_hf(
     """(summed NLL, scored tokens) per sequence with a HF causal LM; input order kept.
 
     Batches hold sequences of similar length (longest first), right-padded and run without an attention mask:
-    causal attention never lets a real position see the pads, so padding never changes a score. The output head and log-softmax run only on the positions that predict a scored
-    token (the prompt's positions are skipped), which on a 49k vocabulary is a large share of the work.
+    causal attention never lets a real position see the pads, so padding never changes a score. The output head
+    and log-softmax run only on the positions that predict a scored token (the prompt's positions are skipped),
+    which on a 49k vocabulary is a large share of the work.
     """
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), tuple(seqs[i])))  # lm-eval's order
     device = next(model.parameters()).device
     split = _body_and_head(model)
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
@@ -97,12 +98,14 @@ def sequence_nll_hf(
         with torch.inference_mode(), tqdm(total=len(order), desc="nll (hf)", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 batch = order[start: start + batch_size]
-                width = max(len(seqs[i]) for i in batch)
+                # a sequence's last token predicts nothing: it is not fed (as lm-eval does), so a batch's shapes,
+                # and with them the float32 rounding of its matmuls, match lm-eval's for the same sequences
+                width = max(max(len(seqs[i]) for i in batch) - 1, 1)
                 ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
                 target = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
                 for row, i in enumerate(batch):
                     n = len(seqs[i])
-                    ids[row, :n] = torch.as_tensor(list(seqs[i]))
+                    ids[row, : max(n - 1, 1)] = torch.as_tensor(list(seqs[i])[: max(n - 1, 1)])
                     target[row, : n - 1] = torch.as_tensor(list(labels[i])[1:n], dtype=torch.long)
                 rows, cols = (target != IGNORE_INDEX).nonzero(as_tuple=True)
                 # right padding and causal attention: no real position ever sees a pad, so no attention mask
