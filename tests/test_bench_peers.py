@@ -119,3 +119,18 @@ def test_a_peer_that_does_not_import_is_named_and_skipped(monkeypatch):
     monkeypatch.setitem(bench_train.PEERS, "trl_sft", "no_such_peer_package")
     missing = bench_train.missing_peers(["gpt4all-lab", "trl_sft", "hf_trainer_peft"])
     assert list(missing) == ["trl_sft"] and "no_such_peer_package" in missing["trl_sft"]
+
+
+def test_recall_difference_counts_discordant_pairs_and_tests_them():
+    import numpy as np
+    from scipy.stats import binomtest
+
+    from gpt4all.bench.curate import recall_difference
+
+    ours = np.array([True] * 90 + [False] * 10)
+    theirs = np.array([True] * 80 + [False] * 2 + [True] * 8 + [True] * 10)  # 2 only ours, 10 only theirs
+    r = recall_difference(ours, theirs)
+    assert (r["only_ours"], r["only_datatrove"]) == (2, 10)
+    assert r["difference"] == (2 - 10) / 100
+    assert r["mcnemar_p"] == binomtest(2, 12).pvalue < 0.05
+    assert recall_difference(ours, ours) == {"only_ours": 0, "only_datatrove": 0, "difference": 0.0, "mcnemar_p": 1.0}

@@ -295,7 +295,7 @@ def main(argv: list[str]) -> int:
                     help="the datatrove MinHash comparison beside the stage run, not at all, or alone")
     ap.add_argument("--out", default="outputs/bench/curate.json")
     ap.add_argument("--work", default="outputs/bench/curate", help="where the pairs and the run dir go")
-    ap.add_argument("--data-dir", required=True, help="dir with p3_t0/, gpteacher/, ... (e.g. ../shared/data)")
+    ap.add_argument("--data-dir", required=True, help="dir with p3_t0/, gpteacher/, ... JSONL sources")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for gpt4all-curate")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """`gpt4all-bench near_dedup [--rows N]`: the near_dedup filter beside `datasketch.MinHashLSH` on planted
 near-duplicates: recall, precision and time at the same threshold.
 
-Rows are real P3 and GPTeacher-codegen pairs from ../shared/data, each perturbed (15 % of the words of longer
+Rows are real P3 and GPTeacher-codegen pairs from `--data-dir`, each perturbed (15 % of the words of longer
 texts replaced, as `gpt4all-bench curate`), plus `--planted` share of near-duplicates: copies of an earlier row
 with 0-6 % of their words replaced (at least one), so their true Jaccard similarity to the source spans
 about 0.5 to 1.
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--confirm-z", type=float, nargs="+", default=[0.0, 1.0, 2.0],
                     help="near_dedup's confirm_z values to measure (standard errors below the threshold)")
-    ap.add_argument("--data-dir", required=True, help="dir with p3_t0/ and gpteacher/ (e.g. ../shared/data)")
+    ap.add_argument("--data-dir", required=True, help="dir with p3_t0/p3_t0_sample.jsonl and gpteacher/codegen.jsonl")
     ap.add_argument("--out", default="outputs/bench/near_dedup.json")
     args = ap.parse_args(argv)
 

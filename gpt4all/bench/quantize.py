@@ -207,7 +207,7 @@ def main(argv: list[str]) -> int:
     res: dict[str, Any] = {"command": "gpt4all-bench quantize " + " ".join(argv), "model": args.model,
                            "machine": cpu_info(),
                            "loadavg_start": os.getloadavg(), "threads": args.threads, "examples": len(examples),
-                           "note": "2-core machine shared with other engineers' light tests; see loadavg",
+                           "note": "read loadavg_start / loadavg_end: other processes on the cores slow tokens/s, not KLD",
                            "rows": []}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
