@@ -6,7 +6,8 @@ construction; lookups stay indexed at a million rows without loading anything in
 may share one cache safely. Rows are keyed by `request_key` = a hash of (model, generation parameters,
 messages), so a re-run, in any run dir, never re-sends a prompt that was answered.
 
-Concurrent collectors sharing one cache claim a request before sending it (`claim`, one IMMEDIATE transaction):
+Concurrent collectors sharing one cache claim a request before sending it (`claim`, one IMMEDIATE transaction,
+shared with the commit of the worker's previous answer: `settle_and_claim`):
 a claim names its owner and expires after a lease that the owner renews while it runs, so a killed collector's
 claims outlive it by at most one lease; another collector then takes them over. The schema version is kept in
 `PRAGMA user_version`; an older cache is upgraded in place (and says so), a newer one is refused.
@@ -97,16 +98,29 @@ class AnswerCache:
     # ---- answers ---------------------------------------------------------------------------------------------
     def put(self, key: str, record: dict[str, Any], answered: bool, attempts: int) -> None:
         """Commit one outcome now and drop its claim. An answered row is final: nothing overwrites it."""
+        self.settle_and_claim((key, record, answered, attempts), None)
+
+    def settle_and_claim(self, outcome: tuple[str, dict[str, Any], bool, int] | None,
+                         claim: tuple[str, str, float, float] | None) -> tuple[str, str | None] | None:
+        """One transaction: commit `outcome` (key, record, answered, attempts) as `put` does, then claim the next
+        request (key, owner, lease_s, settled_after) as `claim` does; returns the claim's result (None without one).
+
+        A collector's worker commits its last answer and claims its next request together: one write per prompt.
+        """
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute(
-                "INSERT INTO answers(key, status, record, attempts, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET status=excluded.status, record=excluded.record, "
-                "attempts=answers.attempts + excluded.attempts, updated=excluded.updated "
-                "WHERE answers.status != 'answered'",
-                (key, "answered" if answered else "failed", json.dumps(record, ensure_ascii=False), attempts, time.time()),
-            )
-            self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
+            if outcome:
+                key, record, answered, attempts = outcome
+                self.db.execute(
+                    "INSERT INTO answers(key, status, record, attempts, updated) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET status=excluded.status, record=excluded.record, "
+                    "attempts=answers.attempts + excluded.attempts, updated=excluded.updated "
+                    "WHERE answers.status != 'answered'",
+                    (key, "answered" if answered else "failed", json.dumps(record, ensure_ascii=False), attempts,
+                     time.time()),
+                )
+                self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
+            return self._claim(*claim) if claim else None
 
     # ---- claims: one payer per request across processes ------------------------------------------------------
     def claim(self, key: str, owner: str, lease_s: float, settled_after: float) -> tuple[str, str | None]:
@@ -115,17 +129,17 @@ class AnswerCache:
         "settled": answered, or failed after `settled_after` (another collector's outcome during this run);
         "held": another owner's claim has not expired; "mine": claimed now, taking over an expired claim if any.
         """
+        return self.settle_and_claim(None, (key, owner, lease_s, settled_after))  # type: ignore[return-value]
+
+    def _claim(self, key: str, owner: str, lease_s: float, settled_after: float) -> tuple[str, str | None]:
         now = time.time()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT status, updated FROM answers WHERE key = ?", (key,)).fetchone()
-            if row and (row[0] == "answered" or (row[1] or 0) > settled_after):
-                return "settled", None
-            held = self.db.execute("SELECT owner, expires FROM claims WHERE key = ?", (key,)).fetchone()
-            if held and held[0] != owner and held[1] > now:
-                return "held", held[0]
-            self.db.execute("INSERT OR REPLACE INTO claims(key, owner, expires) VALUES (?, ?, ?)",
-                            (key, owner, now + lease_s))
+        row = self.db.execute("SELECT status, updated FROM answers WHERE key = ?", (key,)).fetchone()
+        if row and (row[0] == "answered" or (row[1] or 0) > settled_after):
+            return "settled", None
+        held = self.db.execute("SELECT owner, expires FROM claims WHERE key = ?", (key,)).fetchone()
+        if held and held[0] != owner and held[1] > now:
+            return "held", held[0]
+        self.db.execute("INSERT OR REPLACE INTO claims(key, owner, expires) VALUES (?, ?, ?)", (key, owner, now + lease_s))
         return "mine", held[0] if held and held[0] != owner else None
 
     def renew_claims(self, owner: str, lease_s: float) -> int:

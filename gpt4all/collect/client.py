@@ -3,7 +3,8 @@
 Retries (tenacity): 429, 5xx, connection errors, timeouts, malformed JSON and empty answers are retried with
 exponential backoff and jitter, waiting exactly the server's Retry-After when it sends one. Other 4xx
 errors fail the prompt at once; a bad key or unknown model (401/403/404) stops the run. Every outcome is
-committed to the AnswerCache before the next request takes the slot.
+committed to the AnswerCache before the next request takes the slot, in the same transaction that claims that next
+request; the cache is written from one thread of its own, so SQLite never blocks the event loop.
 
 One payer per request: a worker claims a request in the cache before sending it. A request another live
 collector has claimed is put aside; once the rest is done the collector waits for those answers, or takes a
@@ -21,6 +22,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -184,8 +186,9 @@ class Collector:
         rpm, tpm = teacher.requests_per_minute, teacher.tokens_per_minute
         self.rpm = AsyncLimiter(rpm / 60, 1) if rpm else None  # per second: no minute-long burst at the start
         self.tpm = AsyncLimiter(tpm / 60, 1) if tpm else None
-        self.backoff = wait_exponential_jitter(initial=teacher.backoff_initial_s, max=teacher.backoff_max_s,
+        self.backoff = wait_exponential_jitter(multiplier=teacher.backoff_initial_s, max=teacher.backoff_max_s,
                                                jitter=teacher.backoff_initial_s)
+        self._db: ThreadPoolExecutor | None = None  # the one thread that writes the cache during run()
 
     def _wait(self, state: RetryCallState) -> float:
         ra = retry_after(state.outcome.exception() if state.outcome else None)
@@ -239,6 +242,7 @@ class Collector:
         holds; the next round (after a short wait) tries those again until each is settled or claimed here.
         """
         bar = tqdm(total=total, desc="collect", unit="req", disable=not self.progress, smoothing=0.1)
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="answer-cache")
         heartbeat = asyncio.create_task(self._heartbeat())
         # the objects alive now (modules, config, requests) live until the end: exempt them from the cyclic GC,
         # whose full scans of them would stall the event loop for tens of ms at a time (every answer waits)
@@ -258,6 +262,7 @@ class Collector:
                     await asyncio.sleep(min(1.0, self.lease_s / 4))
         finally:
             heartbeat.cancel()
+            self._db.shutdown(wait=True)  # commits already handed to the thread finish, even on an error
             self.cache.release_claims(self.owner)
             bar.close()
             gc.unfreeze()
@@ -265,10 +270,13 @@ class Collector:
             log.warning("collect: took over %d requests claimed by %s, whose lease ran out (a killed collector?)",
                         n, owner)
 
+    async def _in_cache_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            self.cache.renew_claims(self.owner, self.lease_s)
+            await self._in_cache_thread(self.cache.renew_claims, self.owner, self.lease_s)
 
     async def _round(self, requests: list[Request], bar: Any, held: dict[str, str]) -> None:
         queue = iter(requests)
@@ -276,12 +284,15 @@ class Collector:
 
         async def worker() -> None:
             nonlocal last, last_bar
+            done = None  # this worker's last outcome: committed with its next claim, or at the end
             for req in queue:
                 if self._over_budget():
                     self.not_sent[req.key] = {"type": "BudgetExceeded", "status": None, "attempts": 0,
                                               "message": f"collect.max_cost_usd={self.max_cost_usd} reached"}
                 else:
-                    state, other = self.cache.claim(req.key, self.owner, self.lease_s, self.started)
+                    state, other = await self._in_cache_thread(
+                        self.cache.settle_and_claim, done, (req.key, self.owner, self.lease_s, self.started))
+                    done = None
                     if state == "held":
                         held[req.key] = str(other)
                         continue
@@ -291,7 +302,7 @@ class Collector:
                         if other:
                             self.taken_over[other] = self.taken_over.get(other, 0) + 1
                         answered, rec, attempts = await self.ask(req)
-                        self.cache.put(req.key, rec, answered, attempts)
+                        done = (req.key, rec, answered, attempts)
                 bar.update(1)
                 if self.progress and time.monotonic() - last_bar >= 0.5:
                     last_bar = time.monotonic()
@@ -299,6 +310,8 @@ class Collector:
                 if self.on_progress and time.monotonic() - last >= self.progress_every_s:
                     last = time.monotonic()
                     self.on_progress(self.ledger.snapshot())
+            if done:
+                await self._in_cache_thread(self.cache.settle_and_claim, done, None)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.teacher.concurrency)]
         try:
