@@ -61,6 +61,20 @@ def test_raw_aiohttp_client_fails_loudly_on_server_errors():
         asyncio.run(raw_aiohttp(srv.base_url, 4, 2))
 
 
+def test_collect_summary_pairs_each_collector_run_with_the_raw_run_of_its_repeat():
+    from gpt4all.bench.collect import RAW, summarise
+
+    coll = "gpt4all collector (aiohttp)"
+    rates = {(RAW, 0): 600.0, (coll, 0): 570.0, (RAW, 1): 500.0, (coll, 1): 490.0, (RAW, 2): 610.0, (coll, 2): 580.0}
+    rows = [{"client": k, "concurrency": 64, "repeat": r, "requests": 640, "answered": 640, "requests_per_s": v,
+             "client_cpu_ms_per_request": 1.0, "server_cpu_ms_per_request": 0.2} for (k, r), v in rates.items()]
+    raw, mine = summarise(rows, latency=0.1)
+    assert raw["of_raw"] is None and raw["requests_per_s"] == 600.0 and mine["requests_per_s"] == 570.0
+    assert mine["of_raw"]["ratio"] == pytest.approx(580 / 610)  # median of 0.950, 0.980, 0.951: paired by repeat
+    assert mine["of_raw"]["ci_low"] <= mine["of_raw"]["ratio"] <= mine["of_raw"]["ci_high"]
+    assert mine["of_capacity"]["ratio"] == pytest.approx(570 / 640) and mine["repeats"] == 3
+
+
 def test_lm_eval_task_scores_what_the_project_scores(tmp_path, tiny_model_cfg, cache_dir):
     """The local lm-eval task on a tiny model: lm-eval's HF backend and the project's batched scorer give the same
     per-item log-likelihood of each continuation given its templated context."""

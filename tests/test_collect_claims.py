@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -15,6 +16,7 @@ from collect_util import cli_env, collect_cmd, read_run, run_cli
 from test_collect_resume import answered_in_cache, kill_9_when, wait_for
 
 from gpt4all.collect.cache import DB_NAME, SCHEMA_VERSION, AnswerCache
+from gpt4all.collect.client import CacheWriter
 from gpt4all.collect.testing_server import FakeOpenAI
 
 
@@ -66,14 +68,16 @@ def test_killed_collectors_claims_are_taken_over_after_their_lease(tmp_path: Pat
         kill_9_when(proc, lambda: srv.waiting == conc and answered_in_cache(tmp_path) == srv._answered >= first_batch,
                     "answers committed and requests in flight", settle_s=0.2)
         killed_answers = srv._answered
-        assert claims_left(tmp_path) == conc  # the killed collector's in-flight claims are still in the cache
+        # the killed collector's claims are still in the cache: each worker's request in flight and its next one
+        # (claimed while the first was in flight)
+        assert claims_left(tmp_path) == 2 * conc
         srv.hold_after = None
         srv.release()
         second = run_cli(tmp_path, srv.base_url, *args)
         answered = Counter(srv.answered())
     assert second.returncode == 0, second.stderr[-3000:]
     assert len(answered) == n and max(answered.values()) == 1  # no answer lost, none paid twice
-    assert f"took over {conc} requests claimed by" in second.stderr + second.stdout
+    assert f"took over {2 * conc} requests claimed by" in second.stderr + second.stdout
     (run,) = finished_runs(tmp_path)
     assert len(run["records"]) == n and all(r["response"] for r in run["records"])
     assert run["manifest"]["counts"]["cached"] == killed_answers
@@ -126,3 +130,33 @@ def test_cache_from_a_newer_version_or_not_a_database_is_refused(tmp_path: Path)
     (tmp_path / "junk" / DB_NAME).write_bytes(b"not a database at all" * 100)
     with pytest.raises(RuntimeError, match=f"{tmp_path / 'junk' / DB_NAME}.*not a readable SQLite"):
         AnswerCache(tmp_path / "junk")
+
+
+def test_one_group_commit_settles_answers_and_decides_claims(tmp_path: Path):
+    with AnswerCache(tmp_path) as a, AnswerCache(tmp_path) as b:
+        assert b.claim("held", "B", 30, 0) == ("mine", None)
+        assert a.claim("k1", "A", 30, 0) == ("mine", None)
+        out = a.settle_and_claim_many([
+            (("k1", {"response": "x"}, True, 1), ("k2", "A", 30, 0)),  # commit k1, claim k2
+            (None, ("held", "A", 30, 0)),  # B holds it
+            (None, ("k1", "A", 30, 0)),  # answered just now, in this call
+            (("k3", {"error": {"type": "X"}}, False, 2), None)])
+        assert out == [("mine", None), ("held", "B"), ("settled", None), None]
+        assert sorted(k for k, _, _ in b.claims()) == ["held", "k2"]  # k1's claim went with its answer
+        assert (a.count("answered"), a.count("failed")) == (1, 1)
+        assert b.get_many(["k3"])["k3"][2] == 2
+
+
+def test_a_failed_cache_write_is_raised_and_not_lost_silently(tmp_path: Path):
+    async def run() -> None:
+        cache = AnswerCache(tmp_path)
+        writer = CacheWriter(cache, "A", lease_s=30)
+        cache.db.close()  # every write fails from now on
+        with pytest.raises(sqlite3.ProgrammingError):
+            await writer.submit(("k", {"response": "x"}, True, 1), None)
+        with pytest.raises(sqlite3.ProgrammingError):  # and so does everything after it, awaited or not
+            writer.submit(None, ("j", "A", 30, 0))
+        with pytest.raises(sqlite3.ProgrammingError):
+            writer.close()
+
+    asyncio.run(run())

@@ -3,9 +3,10 @@
 Starts gpt4all.collect.testing_server in its own process (latency --latency, no faults), then runs the real
 online collector (AsyncOpenAI, limiter-free, retries on, every answer committed to a fresh SQLite cache) at
 each concurrency, beside the practical limit: a raw aiohttp client (no SDK, retries or cache; `raw_aiohttp`) at
-the same concurrency and request count, in the same run. Prints requests/s, the share of the endpoint capacity
-(concurrency / latency) and the share of the raw client's rate; writes JSON to --out. A sequential client (the
-synchronous openai SDK, one request at a time) stays as a labelled aside.
+the same concurrency and request count, in the same run, back to back, --repeats times (alternating which runs
+first). Prints the median requests/s, the share of the endpoint capacity (concurrency / latency) and the share of
+the raw client's rate (medians of the per-repeat ratios, 95 % bootstrap intervals); writes JSON to --out. A
+sequential client (the synchronous openai SDK, one request at a time) stays as a labelled aside.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import importlib.resources
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,11 +121,52 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+def measure(client: str, url: str, n: int, concurrency: int, server_pid: int) -> dict[str, Any]:
+    """One timed run of `client` ("raw aiohttp (no SDK)" or "gpt4all collector (<transport>)"): a result row."""
+    cpu, server_cpu = time.process_time(), cpu_seconds(server_pid)
+    if client == RAW:
+        elapsed, ok = asyncio.run(raw_aiohttp(url, n, concurrency))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            elapsed, ok = asyncio.run(run_collector(url, n, concurrency, Path(tmp), client.split("(")[1].rstrip(")")))
+    return {"client": client, "concurrency": concurrency, "requests": n, "answered": ok, "seconds": elapsed,
+            "requests_per_s": n / elapsed, "client_cpu_ms_per_request": (time.process_time() - cpu) / n * 1000,
+            "server_cpu_ms_per_request": (cpu_seconds(server_pid) - server_cpu) / n * 1000}
+
+
+RAW = "raw aiohttp (no SDK)"
+
+
+def summarise(rows: list[dict[str, Any]], latency: float) -> list[dict[str, Any]]:
+    """Per (client, concurrency) over the repeats: median req/s, and the shares of capacity and of the raw
+    client's rate as medians of the per-repeat ratios with a 95 % bootstrap interval (raw and collector runs of
+    one repeat are paired: they ran back to back)."""
+    from gpt4all.core.metrics import ratio_ci
+
+    out = []
+    for client, c in dict.fromkeys((r["client"], r["concurrency"]) for r in rows):
+        mine = [r for r in rows if (r["client"], r["concurrency"]) == (client, c)]
+        raw = {r["repeat"]: r["requests_per_s"] for r in rows if (r["client"], r["concurrency"]) == (RAW, c)}
+        rates = [r["requests_per_s"] for r in mine]
+        paired = [(r["requests_per_s"], raw[r["repeat"]]) for r in mine if r["repeat"] in raw]
+        out.append({
+            "client": client, "concurrency": c, "repeats": len(mine), "requests": mine[0]["requests"],
+            "answered": min(r["answered"] for r in mine), "requests_per_s": statistics.median(rates),
+            "theoretical_max": c / latency,
+            "of_capacity": ratio_ci(rates, [c / latency] * len(rates)),
+            "of_raw": ratio_ci(*zip(*paired)) if paired and client != RAW else None,
+            "client_cpu_ms_per_request": statistics.median(r["client_cpu_ms_per_request"] for r in mine),
+            "server_cpu_ms_per_request": statistics.median(r["server_cpu_ms_per_request"] for r in mine)})
+    return out
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="gpt4all-bench collect", description=__doc__.splitlines()[0])
     ap.add_argument("--latency", type=float, default=0.1, help="server latency per request, seconds")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 256])
     ap.add_argument("--seconds", type=float, default=4.0, help="ideal duration per run (sets the request count)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs of each client at each concurrency, raw and collector back to back, alternating order")
     ap.add_argument("--http", nargs="+", default=["aiohttp", "httpx"], help="the openai SDK transports to measure")
     ap.add_argument("--sequential-requests", type=int, default=30)
     ap.add_argument("--out", default="outputs/bench/collect.json")
@@ -131,57 +174,49 @@ def main(argv: list[str]) -> int:
 
     proc, url = start_server(args.latency)
     rows: list[dict[str, Any]] = []
+    clients = [RAW] + [f"gpt4all collector ({http})" for http in args.http]
     try:
         load_before = os.getloadavg()[0]
         cpu, server_cpu = time.process_time(), cpu_seconds(proc.pid)
         elapsed, ok = run_sequential(url, args.sequential_requests)
-        rows.append({"client": "sequential baseline (aside)", "concurrency": 1, "requests": args.sequential_requests,
-                     "answered": ok, "seconds": elapsed,
-                     "client_cpu_ms_per_request": (time.process_time() - cpu) / args.sequential_requests * 1000,
-                     "server_cpu_ms_per_request": (cpu_seconds(proc.pid) - server_cpu) / args.sequential_requests * 1000})
-        for c in args.concurrency:
-            n = max(30, int(c * args.seconds / args.latency))
-            cpu, server_cpu = time.process_time(), cpu_seconds(proc.pid)
-            elapsed, ok = asyncio.run(raw_aiohttp(url, n, c))
-            rows.append({"client": "raw aiohttp (no SDK)", "concurrency": c, "requests": n, "answered": ok,
-                         "seconds": elapsed, "client_cpu_ms_per_request": (time.process_time() - cpu) / n * 1000,
-                         "server_cpu_ms_per_request": (cpu_seconds(proc.pid) - server_cpu) / n * 1000})
-        for http in args.http:
+        sequential = {"client": "sequential openai client (aside)", "concurrency": 1,
+                      "requests": args.sequential_requests, "answered": ok, "seconds": elapsed,
+                      "requests_per_s": args.sequential_requests / elapsed,
+                      "client_cpu_ms_per_request": (time.process_time() - cpu) / args.sequential_requests * 1000,
+                      "server_cpu_ms_per_request": (cpu_seconds(proc.pid) - server_cpu) / args.sequential_requests * 1000}
+        for repeat in range(args.repeats):
             for c in args.concurrency:
                 n = max(30, int(c * args.seconds / args.latency))
-                cpu, server_cpu = time.process_time(), cpu_seconds(proc.pid)
-                with tempfile.TemporaryDirectory() as tmp:
-                    elapsed, ok = asyncio.run(run_collector(url, n, c, Path(tmp), http))
-                rows.append({"client": f"gpt4all collector ({http})", "concurrency": c, "requests": n,
-                             "answered": ok, "seconds": elapsed,
-                             "client_cpu_ms_per_request": (time.process_time() - cpu) / n * 1000,
-                             "server_cpu_ms_per_request": (cpu_seconds(proc.pid) - server_cpu) / n * 1000})
+                for client in clients if repeat % 2 == 0 else clients[::-1]:
+                    rows.append({**measure(client, url, n, c, proc.pid), "repeat": repeat})
+                    print(f"  repeat {repeat + 1}/{args.repeats}, concurrency {c}: {client} "
+                          f"{rows[-1]['requests_per_s']:.1f} req/s", file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait(10)
-    raw = {r["concurrency"]: r["requests"] / r["seconds"] for r in rows if r["client"].startswith("raw")}
-    for r in rows:
-        r["requests_per_s"] = r["requests"] / r["seconds"]
-        r["theoretical_max"] = r["concurrency"] / args.latency
-        r["fraction_of_max"] = r["requests_per_s"] / r["theoretical_max"]
-        r["fraction_of_raw"] = r["requests_per_s"] / raw[r["concurrency"]] if r["concurrency"] in raw else None
-        r["seconds"] = round(r["seconds"], 3)
+    summary = summarise(rows, args.latency)
     load = (load_before, os.getloadavg()[0])
-    print(f"collector throughput, server latency {args.latency * 1000:.0f} ms, no capacity limit; "
-          f"{os.cpu_count()} CPUs, 1-min load average {load[0]:.1f} before, {load[1]:.1f} after")
-    print("| client | concurrency | requests | answered | seconds | req/s | capacity req/s | of capacity "
+    m = describe()
+    print(f"collector throughput, server latency {args.latency * 1000:.0f} ms, no capacity limit; {m['cpu']} "
+          f"({' '.join(m['flags'])}), {m['cpus']} CPUs; "
+          f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after; {args.repeats} repeats (medians; "
+          "95 % bootstrap intervals of the per-repeat ratios)")
+    print("| client | concurrency | requests x repeats | answered | req/s | capacity req/s | of capacity "
           "| of raw aiohttp | client CPU ms/req | server CPU ms/req |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r["concurrency"], r["client"] != "sequential baseline (aside)")):
-        of_raw = f"{r['fraction_of_raw']:.1%}" if r["fraction_of_raw"] is not None else "-"
-        print(f"| {r['client']} | {r['concurrency']} | {r['requests']} | {r['answered']} | {r['seconds']:.2f} | "
-              f"{r['requests_per_s']:.1f} | {r['theoretical_max']:.0f} | {r['fraction_of_max']:.1%} | {of_raw} | "
-              f"{r['client_cpu_ms_per_request']:.2f} | {r['server_cpu_ms_per_request']:.2f} |")
-    at64 = [r for r in rows if r["concurrency"] == 64 and r["client"] == "gpt4all collector (aiohttp)"]
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    share = lambda d: f"{d['ratio']:.1%} [{d['ci_low']:.1%}, {d['ci_high']:.1%}]" if d else "-"
+    for r in sorted(summary, key=lambda r: (r["concurrency"], r["client"] != RAW)):
+        print(f"| {r['client']} | {r['concurrency']} | {r['requests']} x {r['repeats']} | {r['answered']} | "
+              f"{r['requests_per_s']:.1f} | {r['theoretical_max']:.0f} | {share(r['of_capacity'])} | "
+              f"{share(r['of_raw'])} | {r['client_cpu_ms_per_request']:.2f} | {r['server_cpu_ms_per_request']:.2f} |")
+    print(f"aside: the sequential openai client, one request at a time: {sequential['requests_per_s']:.1f} req/s "
+          f"({sequential['requests_per_s'] * args.latency:.1%} of its capacity)")
+    at64 = [r for r in summary if r["concurrency"] == 64 and r["client"] == "gpt4all collector (aiohttp)"]
     if at64:
-        print(f"goal at concurrency 64: {at64[0]['fraction_of_max']:.1%} of capacity (>= 90 %), "
-              f"{at64[0]['fraction_of_raw']:.1%} of raw aiohttp (>= 95 %)")
-    write_json(Path(args.out), {"latency_s": args.latency, "cpus": os.cpu_count(), "machine": describe(),
-                                "load_average": load, "argv": argv, "rows": rows})
+        print(f"goal at concurrency 64: {share(at64[0]['of_capacity'])} of capacity (>= 90 %), "
+              f"{share(at64[0]['of_raw'])} of raw aiohttp (>= 95 %)")
+    write_json(Path(args.out), {"latency_s": args.latency, "cpus": os.cpu_count(), "machine": m,
+                                "load_average": load, "argv": argv, "summary": summary, "rows": rows,
+                                "sequential": sequential})
     print(f"wrote {args.out}")
     return 0

@@ -27,6 +27,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DB_NAME = "cache.sqlite"
+Outcome = tuple[str, dict[str, Any], bool, int]  # key, record, answered, attempts
+Claim = tuple[str, str, float, float]  # key, owner, lease_s, settled_after
 SCHEMA_VERSION = 2  # 1: answers and batches; 2: + claims
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -100,27 +102,35 @@ class AnswerCache:
         """Commit one outcome now and drop its claim. An answered row is final: nothing overwrites it."""
         self.settle_and_claim((key, record, answered, attempts), None)
 
-    def settle_and_claim(self, outcome: tuple[str, dict[str, Any], bool, int] | None,
-                         claim: tuple[str, str, float, float] | None) -> tuple[str, str | None] | None:
+    def settle_and_claim(self, outcome: Outcome | None, claim: Claim | None) -> tuple[str, str | None] | None:
         """One transaction: commit `outcome` (key, record, answered, attempts) as `put` does, then claim the next
         request (key, owner, lease_s, settled_after) as `claim` does; returns the claim's result (None without one).
 
         A collector's worker commits its last answer and claims its next request together: one write per prompt.
         """
+        return self.settle_and_claim_many([(outcome, claim)])[0]
+
+    def settle_and_claim_many(self, ops: list[tuple[Outcome | None, Claim | None]]) -> list[tuple[str, str | None] | None]:
+        """`settle_and_claim` for each op, all in one transaction (a group commit) of a few set-wise statements.
+
+        The outcomes are committed first, then the claims are decided (a claim never names a key settled in the
+        same call: a worker claims a request before it sends it, and settles it only after).
+        """
+        now = time.time()
+        outcomes = [o for o, _ in ops if o]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            if outcome:
-                key, record, answered, attempts = outcome
-                self.db.execute(
+            if outcomes:
+                self.db.executemany(
                     "INSERT INTO answers(key, status, record, attempts, updated) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT(key) DO UPDATE SET status=excluded.status, record=excluded.record, "
                     "attempts=answers.attempts + excluded.attempts, updated=excluded.updated "
                     "WHERE answers.status != 'answered'",
-                    (key, "answered" if answered else "failed", json.dumps(record, ensure_ascii=False), attempts,
-                     time.time()),
-                )
-                self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
-            return self._claim(*claim) if claim else None
+                    [(key, "answered" if answered else "failed", json.dumps(record, ensure_ascii=False), attempts, now)
+                     for key, record, answered, attempts in outcomes])
+                self.db.executemany("DELETE FROM claims WHERE key = ?", [(o[0],) for o in outcomes])
+            claimed = iter(self._claim_many([c for _, c in ops if c], now))
+        return [next(claimed) if c else None for _, c in ops]
 
     # ---- claims: one payer per request across processes ------------------------------------------------------
     def claim(self, key: str, owner: str, lease_s: float, settled_after: float) -> tuple[str, str | None]:
@@ -131,16 +141,29 @@ class AnswerCache:
         """
         return self.settle_and_claim(None, (key, owner, lease_s, settled_after))  # type: ignore[return-value]
 
-    def _claim(self, key: str, owner: str, lease_s: float, settled_after: float) -> tuple[str, str | None]:
-        now = time.time()
-        row = self.db.execute("SELECT status, updated FROM answers WHERE key = ?", (key,)).fetchone()
-        if row and (row[0] == "answered" or (row[1] or 0) > settled_after):
-            return "settled", None
-        held = self.db.execute("SELECT owner, expires FROM claims WHERE key = ?", (key,)).fetchone()
-        if held and held[0] != owner and held[1] > now:
-            return "held", held[0]
-        self.db.execute("INSERT OR REPLACE INTO claims(key, owner, expires) VALUES (?, ?, ?)", (key, owner, now + lease_s))
-        return "mine", held[0] if held and held[0] != owner else None
+    def _claim_many(self, claims: list[Claim], now: float) -> list[tuple[str, str | None]]:
+        settled: dict[str, tuple[str, float | None]] = {}
+        held: dict[str, tuple[str, float]] = {}
+        for chunk in _chunks([c[0] for c in claims], 500):
+            marks = ",".join("?" * len(chunk))
+            settled.update((k, (s, u)) for k, s, u in self.db.execute(
+                f"SELECT key, status, updated FROM answers WHERE key IN ({marks})", chunk))
+            held.update((k, (o, e)) for k, o, e in self.db.execute(
+                f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", chunk))
+        results: list[tuple[str, str | None]] = []
+        mine = []
+        for key, owner, lease_s, settled_after in claims:
+            status, updated = settled.get(key, (None, None))
+            other, expires = held.get(key, (owner, 0.0))
+            if status == "answered" or (status and (updated or 0) > settled_after):
+                results.append(("settled", None))
+            elif other != owner and expires > now:
+                results.append(("held", other))
+            else:
+                mine.append((key, owner, now + lease_s))
+                results.append(("mine", other if other != owner else None))
+        self.db.executemany("INSERT OR REPLACE INTO claims(key, owner, expires) VALUES (?, ?, ?)", mine)
+        return results
 
     def renew_claims(self, owner: str, lease_s: float) -> int:
         """Extend every claim of `owner` by a lease from now (the heartbeat of a live collector)."""

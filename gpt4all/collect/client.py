@@ -4,7 +4,7 @@ Retries (tenacity): 429, 5xx, connection errors, timeouts, malformed JSON and em
 exponential backoff and jitter, waiting exactly the server's Retry-After when it sends one. Other 4xx
 errors fail the prompt at once; a bad key or unknown model (401/403/404) stops the run. Every outcome is
 committed to the AnswerCache before the next request takes the slot, in the same transaction that claims that next
-request; the cache is written from one thread of its own, so SQLite never blocks the event loop.
+request; the cache is written from a thread of its own (CacheWriter), so SQLite never blocks the event loop.
 
 One payer per request: a worker claims a request in the cache before sending it. A request another live
 collector has claimed is put aside; once the rest is done the collector waits for those answers, or takes a
@@ -18,11 +18,12 @@ import gc
 import json
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -37,7 +38,7 @@ from tenacity import (
 from tenacity.wait import wait_exponential_jitter
 from tqdm.auto import tqdm
 
-from gpt4all.collect.cache import AnswerCache
+from gpt4all.collect.cache import AnswerCache, Claim, Outcome
 from gpt4all.collect.cost import Ledger
 from gpt4all.collect.plan import Request, generation_params
 
@@ -102,6 +103,9 @@ class PreparedAsyncOpenAI(openai.AsyncOpenAI):
     def user_agent(self) -> str:  # the SDK's own, not this subclass's name
         return super().user_agent.replace(type(self).__name__, "AsyncOpenAI", 1)
 
+    def _idempotency_key(self) -> str:  # the SDK draws a random key per request even when no header sends it
+        return super()._idempotency_key() if self._idempotency_header else ""
+
     def _build_request(self, options: Any, *, retries_taken: int = 0) -> httpx2.Request:
         plain = (isinstance(options.content, bytes) and not options.files and not options.params
                  and not options.headers and options.extra_json is None and retries_taken == 0
@@ -165,6 +169,75 @@ def error_record(err: BaseException, attempts: int) -> dict[str, Any]:
             "attempts": attempts}
 
 
+class CacheWriter:
+    """The collector's one thread for the answer cache, so SQLite never blocks the event loop.
+
+    Calls that arrive while a transaction runs share the next one (a group commit: a burst of answers costs one
+    write). Between calls the thread renews this collector's claims every lease / 3 (its heartbeat).
+    """
+
+    def __init__(self, cache: AnswerCache, owner: str, lease_s: float):
+        self.cache, self.owner, self.lease_s = cache, owner, lease_s
+        self.loop = asyncio.get_running_loop()
+        self.calls: queue.SimpleQueue[tuple[Outcome | None, Claim | None, asyncio.Future] | None] = queue.SimpleQueue()
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._serve, name="answer-cache", daemon=True)
+        self.thread.start()
+
+    def submit(self, outcome: Outcome | None, claim: Claim | None) -> asyncio.Future:
+        """AnswerCache.settle_and_claim on the cache's thread; the future holds the claim's result.
+
+        A failed write fails its future and every later submit and close(), awaited or not: no outcome is lost
+        silently.
+        """
+        if self.error:
+            raise self.error
+        done = self.loop.create_future()
+        self.calls.put((outcome, claim, done))
+        return done
+
+    def close(self) -> None:
+        """Finish the calls queued so far, then stop the thread; raise the first failed write, if any."""
+        self.calls.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+    def _serve(self) -> None:
+        renewed, stop = time.monotonic(), False
+        while not stop:
+            batch = []
+            try:  # wait for a call, then take every call queued behind it
+                item = self.calls.get(timeout=self.lease_s / 3)
+                while item is not None:
+                    batch.append(item)
+                    item = self.calls.get_nowait()
+                stop = True
+            except queue.Empty:
+                pass
+            if batch:
+                try:
+                    results, error = self.cache.settle_and_claim_many([(o, c) for o, c, _ in batch]), None
+                except Exception as err:  # handed to every waiting worker
+                    results, error = [None] * len(batch), err
+                    self.error = self.error or err
+                self.loop.call_soon_threadsafe(self._resolve, [f for _, _, f in batch], results, error)
+            if time.monotonic() - renewed >= self.lease_s / 3:
+                renewed = time.monotonic()
+                try:
+                    self.cache.renew_claims(self.owner, self.lease_s)
+                except Exception as err:
+                    log.warning("collect: could not renew this collector's claims (%s); retrying", err)
+
+    @staticmethod
+    def _resolve(futures: list[asyncio.Future], results: list[Any], error: Exception | None) -> None:
+        for fut, result in zip(futures, results):
+            if not fut.done():
+                fut.set_exception(error) if error else fut.set_result(result)
+                if error:
+                    fut.exception()  # raised by submit() and close(); not also logged as never retrieved
+
+
 class Collector:
     """Sends requests through `concurrency` workers; each outcome is committed to the cache at once."""
 
@@ -188,7 +261,7 @@ class Collector:
         self.tpm = AsyncLimiter(tpm / 60, 1) if tpm else None
         self.backoff = wait_exponential_jitter(multiplier=teacher.backoff_initial_s, max=teacher.backoff_max_s,
                                                jitter=teacher.backoff_initial_s)
-        self._db: ThreadPoolExecutor | None = None  # the one thread that writes the cache during run()
+        self.writer: CacheWriter | None = None  # the cache's thread during run()
 
     def _wait(self, state: RetryCallState) -> float:
         ra = retry_after(state.outcome.exception() if state.outcome else None)
@@ -232,6 +305,9 @@ class Collector:
                    attempts=attempts, cost_usd=round(cost, 8), latency_s=round(time.perf_counter() - start, 3))
         return True, rec, attempts
 
+    def _claim(self, req: Request) -> Claim:
+        return req.key, self.owner, self.lease_s, self.started
+
     def _over_budget(self) -> bool:
         return self.max_cost_usd is not None and self.ledger.cost_usd >= self.max_cost_usd
 
@@ -242,8 +318,7 @@ class Collector:
         holds; the next round (after a short wait) tries those again until each is settled or claimed here.
         """
         bar = tqdm(total=total, desc="collect", unit="req", disable=not self.progress, smoothing=0.1)
-        self._db = ThreadPoolExecutor(1, thread_name_prefix="answer-cache")
-        heartbeat = asyncio.create_task(self._heartbeat())
+        self.writer = CacheWriter(self.cache, self.owner, self.lease_s)
         # the objects alive now (modules, config, requests) live until the end: exempt them from the cyclic GC,
         # whose full scans of them would stall the event loop for tens of ms at a time (every answer waits)
         gc.freeze()
@@ -261,8 +336,7 @@ class Collector:
                 if pending:
                     await asyncio.sleep(min(1.0, self.lease_s / 4))
         finally:
-            heartbeat.cancel()
-            self._db.shutdown(wait=True)  # commits already handed to the thread finish, even on an error
+            self.writer.close()  # commits already handed to the thread finish, even on an error
             self.cache.release_claims(self.owner)
             bar.close()
             gc.unfreeze()
@@ -270,39 +344,34 @@ class Collector:
             log.warning("collect: took over %d requests claimed by %s, whose lease ran out (a killed collector?)",
                         n, owner)
 
-    async def _in_cache_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
-            await self._in_cache_thread(self.cache.renew_claims, self.owner, self.lease_s)
-
     async def _round(self, requests: list[Request], bar: Any, held: dict[str, str]) -> None:
         queue = iter(requests)
         last = last_bar = time.monotonic()
 
         async def worker() -> None:
             nonlocal last, last_bar
-            done = None  # this worker's last outcome: committed with its next claim, or at the end
-            for req in queue:
+            req = next(queue, None)
+            claimed = self.writer.submit(None, self._claim(req)) if req else None  # type: ignore[union-attr]
+            done = None  # this worker's last outcome
+            while req is not None:
+                state, other = await claimed  # type: ignore[misc]
+                # while this request is in flight, the cache's thread commits the last outcome and claims the next
+                nxt = next(queue, None)
+                claimed = self.writer.submit(done, self._claim(nxt) if nxt else None)  # type: ignore[union-attr]
+                done = None
                 if self._over_budget():
                     self.not_sent[req.key] = {"type": "BudgetExceeded", "status": None, "attempts": 0,
                                               "message": f"collect.max_cost_usd={self.max_cost_usd} reached"}
+                elif state == "held":
+                    held[req.key], req = str(other), nxt
+                    continue
+                elif state == "settled":
+                    self.by_others.add(req.key)
                 else:
-                    state, other = await self._in_cache_thread(
-                        self.cache.settle_and_claim, done, (req.key, self.owner, self.lease_s, self.started))
-                    done = None
-                    if state == "held":
-                        held[req.key] = str(other)
-                        continue
-                    if state == "settled":
-                        self.by_others.add(req.key)
-                    else:
-                        if other:
-                            self.taken_over[other] = self.taken_over.get(other, 0) + 1
-                        answered, rec, attempts = await self.ask(req)
-                        done = (req.key, rec, answered, attempts)
+                    if other:
+                        self.taken_over[other] = self.taken_over.get(other, 0) + 1
+                    answered, rec, attempts = await self.ask(req)
+                    done = (req.key, rec, answered, attempts)
                 bar.update(1)
                 if self.progress and time.monotonic() - last_bar >= 0.5:
                     last_bar = time.monotonic()
@@ -310,8 +379,9 @@ class Collector:
                 if self.on_progress and time.monotonic() - last >= self.progress_every_s:
                     last = time.monotonic()
                     self.on_progress(self.ledger.snapshot())
+                req = nxt
             if done:
-                await self._in_cache_thread(self.cache.settle_and_claim, done, None)
+                await self.writer.submit(done, None)  # type: ignore[union-attr]
 
         workers = [asyncio.create_task(worker()) for _ in range(self.teacher.concurrency)]
         try:
