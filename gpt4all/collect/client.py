@@ -2,9 +2,12 @@
 
 Retries (tenacity): 429, 5xx, connection errors, timeouts, malformed JSON and empty answers are retried with
 exponential backoff and jitter, waiting exactly the server's Retry-After when it sends one. Other 4xx
-errors fail the prompt at once; a bad key or unknown model (401/403/404) stops the run. Every outcome is
-committed to the AnswerCache before the next request takes the slot, in the same transaction that claims that next
-request; the cache is written from a thread of its own (CacheWriter), so SQLite never blocks the event loop.
+errors fail the prompt at once; a bad key or unknown model (401/403/404) stops the run.
+
+Each worker claims its next request while the current one is in flight and hands every outcome to the cache's
+thread (CacheWriter) before it sends its next request; the thread commits outcomes and claims together in group
+commits within milliseconds, so SQLite never blocks the event loop. A kill -9 loses at most the outcomes of those
+last milliseconds (asked again on resume) and leaves at most two claims per worker, which expire after their lease.
 
 One payer per request: a worker claims a request in the cache before sending it. A request another live
 collector has claimed is put aside; once the rest is done the collector waits for those answers, or takes a
@@ -239,7 +242,7 @@ class CacheWriter:
 
 
 class Collector:
-    """Sends requests through `concurrency` workers; each outcome is committed to the cache at once."""
+    """Sends requests through `concurrency` workers; outcomes go to the cache as they arrive (see CacheWriter)."""
 
     def __init__(self, client: openai.AsyncOpenAI, teacher: Any, cache: AnswerCache, ledger: Ledger,
                  max_cost_usd: float | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
