@@ -755,3 +755,53 @@ def test_val_loss_is_the_token_weighted_mean_over_the_set(tiny_model_dir, data_d
         per_batch = [module.loss(collate(examples[i:i + 2])).item() for i in (0, 2)]
     assert abs(sum(per_batch) / 2 - whole) > 1e-3  # a mean of batch means would differ
     assert result["val/loss"] == pytest.approx(whole, abs=1e-5)
+
+
+def test_frozen_base_in_bf16_gives_autocasts_loss_and_gradients_and_comes_back(tiny_model_dir, data_dir, tokenizer):
+    """Under bf16 autocast a frozen base stored in bf16 feeds the matmuls the same values as autocast's own casts:
+    the same loss and LoRA gradients; restore_weights puts the fp32 originals back, bit for bit."""
+    from gpt4all.train.cpu import frozen_linears_to, restore_weights
+
+    batch = next(iter(ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=4,
+                                     val_fraction=0.0).train_dataloader()))
+    results = []
+    for keep_bf16 in (False, True):
+        torch.manual_seed(0)
+        module = LoRAModule(load_base(tiny_model_dir), LORA, lr=1e-3)  # no dropout: the same draws
+        before = {k: v.clone() for k, v in module.model.state_dict().items()}
+        originals = frozen_linears_to(module.model, torch.bfloat16) if keep_bf16 else {}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = module.loss(batch, reduction="sum")
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in module.model.parameters() if p.requires_grad]))
+        if keep_bf16:
+            base = [n for n, p in module.model.named_parameters() if p.dtype == torch.bfloat16]
+            assert len(base) == len(originals) > 0 and all("base_layer" in n or "lora" not in n for n in base)
+            assert module.model.get_input_embeddings().weight.dtype == torch.float32  # not a Linear: left alone
+            restore_weights(originals)
+            after = module.model.state_dict()
+            assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in before.items())
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_bf16_mixed_fit_on_cpu_leaves_the_frozen_base_as_it_was(tiny_model_dir, data_dir, tokenizer):
+    base = load_base(tiny_model_dir)
+    module = LoRAModule(base, LORA, lr=1e-3)
+    frozen = {n: p.detach().clone() for n, p in module.model.named_parameters() if not p.requires_grad}
+    seen: list[torch.dtype] = []
+
+    class Dtypes(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module.model.get_base_model().model.layers[0].mlp.down_proj.weight.dtype)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        quiet_trainer(max_steps=2, precision="bf16-mixed", callbacks=[Dtypes()]).fit(
+            module, datamodule=ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=4,
+                                              val_fraction=0.0))
+    assert seen == [torch.bfloat16] * 2  # kept in bf16 while it trained
+    after = dict(module.model.named_parameters())
+    assert all(torch.equal(after[n], v) and after[n].dtype == torch.float32 for n, v in frozen.items())
