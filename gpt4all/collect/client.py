@@ -1,4 +1,4 @@
-"""The online collector: AsyncOpenAI with bounded concurrency, rate limits, retries, and a commit per answer.
+"""The online collector: AsyncOpenAI with bounded concurrency, rate limits, retries, and answers committed as they arrive.
 
 Retries (tenacity): 429, 5xx, connection errors, timeouts, malformed JSON and empty answers are retried with
 exponential backoff and jitter, waiting exactly the server's Retry-After when it sends one. Other 4xx

@@ -48,7 +48,7 @@ def frozen_linears_to(model: torch.nn.Module, dtype: torch.dtype) -> dict[torch.
     {weight: its original data} for `restore_weights`.
 
     Under autocast every matmul casts its weight to that dtype, but autocast caches the cast only for weights
-    that train: a frozen LoRA base is cast again at every forward (about 8 % of a bf16 step of SmolLM2-135M on a
+    that train: a frozen LoRA base is cast again at every forward (2-8 % of a bf16 step of SmolLM2-135M on a
     CPU, experiments/train_throughput). The matmuls see the same values either way. Weights shared with a module
     that is not a Linear (tied input embeddings) and the output projection (the loss casts it) are left alone.
     """
