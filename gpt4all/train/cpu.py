@@ -1,6 +1,5 @@
-"""CPU training helpers: cheaper LoRA dropout masks (measured beside torch's in
-experiments/train_throughput/step_ab.py; on other devices the module is torch's nn.Dropout), a frozen base kept in
-the autocast dtype, and the precision that is fastest on this CPU.
+"""Cheaper LoRA dropout masks on a CPU (measured beside torch's in experiments/train_throughput/step_ab.py); on
+other devices the module is torch's nn.Dropout.
 """
 
 from __future__ import annotations
@@ -41,36 +40,6 @@ def use_cpu_dropout(model: torch.nn.Module) -> int:
                 drops[key] = CPUDropout(drop.p)
                 swapped += 1
     return swapped
-
-
-def frozen_linears_to(model: torch.nn.Module, dtype: torch.dtype) -> dict[torch.nn.Parameter, torch.Tensor]:
-    """Store the frozen weights of the model's Linear layers in `dtype` (the autocast dtype); returns
-    {weight: its original data} for `restore_weights`.
-
-    Under autocast every matmul casts its weight to that dtype, but autocast caches the cast only for weights
-    that train: a frozen LoRA base is cast again at every forward (2-8 % of a bf16 step of SmolLM2-135M on a
-    CPU, experiments/train_throughput). The matmuls see the same values either way. Weights shared with a module
-    that is not a Linear (tied input embeddings) and the output projection (the loss casts it) are left alone.
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    shared = {id(p) for m in model.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)}
-    originals: dict[torch.nn.Parameter, torch.Tensor] = {}
-    for module in model.modules():
-        if not isinstance(module, torch.nn.Linear) or module is head:
-            continue
-        w = module.weight
-        if w.requires_grad or not w.is_floating_point() or w.dtype == dtype or id(w) in shared or w in originals:
-            continue
-        originals[w] = w.data
-        w.data = w.data.to(dtype)
-    return originals
-
-
-def restore_weights(originals: dict[torch.nn.Parameter, torch.Tensor]) -> None:
-    """Put back the original data of the weights `frozen_linears_to` changed (and forget them)."""
-    for w, data in originals.items():
-        w.data = data
-    originals.clear()
 
 
 def cpu_precision(requested: str | int | None = "auto", flags: set[str] | None = None) -> str:

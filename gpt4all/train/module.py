@@ -20,7 +20,7 @@ from gpt4all.core.config import ConfigError
 from gpt4all.core.metrics import count_label_tokens
 from gpt4all.core.template import IGNORE_INDEX
 from gpt4all.train.attention import PACKED_SDPA, use_packed_attention
-from gpt4all.train.cpu import frozen_linears_to, restore_weights, use_cpu_dropout
+from gpt4all.train.cpu import use_cpu_dropout
 from gpt4all.train.loss import linear_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,6 @@ class LoRAModule(L.LightningModule):
         self.token_weighted = True  # off under DeepSpeed, whose engine scales and steps itself (on_fit_start)
         self._step_sums = torch.zeros(2, dtype=torch.float64)  # (loss sum, label tokens) of the optimizer step
         self._val_sums = torch.zeros(2, dtype=torch.float64)   # the same over the validation set
-        self._frozen_originals: dict[torch.nn.Parameter, torch.Tensor] = {}  # see on_fit_start
 
     @staticmethod
     def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -251,15 +250,6 @@ class LoRAModule(L.LightningModule):
         # on GPUs transformers' masked SDPA / flash-attention handles packed rows in one kernel
         if self.device.type == "cpu" and use_packed_attention(self.model):
             log.info("attention: %s (causal attention per packed example)", PACKED_SDPA)
-        # bf16 autocast re-casts frozen weights at every forward; on a CPU keep the frozen base in bf16 while it
-        # trains (the same values reach the matmuls); the originals come back at the end, before any merge
-        if self.device.type == "cpu" and self.use_lora and str(self.trainer.precision) == "bf16-mixed":
-            self._frozen_originals = frozen_linears_to(self.model, torch.bfloat16)
-            log.info("bf16-mixed on CPU: %d frozen Linear weights kept in bf16 while training",
-                     len(self._frozen_originals))
-
-    def on_fit_end(self) -> None:
-        restore_weights(self._frozen_originals)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -277,7 +267,6 @@ class LoRAModule(L.LightningModule):
         out_dir/merged. The merge happens on a copy, so this module can keep training afterwards."""
         out_dir = Path(out_dir)
         adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
-        restore_weights(self._frozen_originals)  # the full-precision base, also after an interrupted fit
         if self.use_lora:
             self.model.save_pretrained(str(adapter_dir), safe_serialization=True)
             tokenizer.save_pretrained(str(adapter_dir))
