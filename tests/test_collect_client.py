@@ -170,3 +170,13 @@ def test_prepared_requests_match_what_the_sdk_builds():
     # anything per-call is built by the SDK as usual
     opts = {"method": "post", "url": "/chat/completions", "content": b"{}", "headers": {"X-Trace": "1"}}
     assert prepared._build_request(FinalRequestOptions.construct(**opts)).headers["x-trace"] == "1"
+
+
+def test_an_idempotency_key_is_drawn_only_when_a_header_sends_it():
+    from gpt4all.collect.client import PreparedAsyncOpenAI
+
+    client = PreparedAsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
+    assert client._idempotency_header is None and client._idempotency_key() == ""  # OpenAI's client sends none
+    client._idempotency_header = "Idempotency-Key"
+    keys = {client._idempotency_key() for _ in range(3)}
+    assert len(keys) == 3 and all(keys)  # a fresh key per request, as the SDK draws it

@@ -6,8 +6,8 @@ construction; lookups stay indexed at a million rows without loading anything in
 may share one cache safely. Rows are keyed by `request_key` = a hash of (model, generation parameters,
 messages), so a re-run, in any run dir, never re-sends a prompt that was answered.
 
-Concurrent collectors sharing one cache claim a request before sending it (`claim`, one IMMEDIATE transaction,
-shared with the commit of the worker's previous answer: `settle_and_claim`):
+Concurrent collectors sharing one cache claim a request before sending it (`claim`; a collector claims and commits
+in group transactions, `settle_and_claim_many`):
 a claim names its owner and expires after a lease that the owner renews while it runs, so a killed collector's
 claims outlive it by at most one lease; another collector then takes them over. The schema version is kept in
 `PRAGMA user_version`; an older cache is upgraded in place (and says so), a newer one is refused.
@@ -100,18 +100,13 @@ class AnswerCache:
     # ---- answers ---------------------------------------------------------------------------------------------
     def put(self, key: str, record: dict[str, Any], answered: bool, attempts: int) -> None:
         """Commit one outcome now and drop its claim. An answered row is final: nothing overwrites it."""
-        self.settle_and_claim((key, record, answered, attempts), None)
-
-    def settle_and_claim(self, outcome: Outcome | None, claim: Claim | None) -> tuple[str, str | None] | None:
-        """One transaction: commit `outcome` (key, record, answered, attempts) as `put` does, then claim the next
-        request (key, owner, lease_s, settled_after) as `claim` does; returns the claim's result (None without one).
-
-        A collector's worker commits its last answer and claims its next request together: one write per prompt.
-        """
-        return self.settle_and_claim_many([(outcome, claim)])[0]
+        self.settle_and_claim_many([((key, record, answered, attempts), None)])
 
     def settle_and_claim_many(self, ops: list[tuple[Outcome | None, Claim | None]]) -> list[tuple[str, str | None] | None]:
-        """`settle_and_claim` for each op, all in one transaction (a group commit) of a few set-wise statements.
+        """For each op (outcome, claim): commit the outcome (key, record, answered, attempts) as `put` does and
+        decide the claim (key, owner, lease_s, settled_after) as `claim` does; returns each claim's result (None
+        for an op without one). All in one transaction (a group commit) of a few set-wise statements: a
+        collector's cache thread commits the answers and claims of a burst together.
 
         The outcomes are committed first, then the claims are decided (a claim never names a key settled in the
         same call: a worker claims a request before it sends it, and settles it only after).
@@ -139,7 +134,7 @@ class AnswerCache:
         "settled": answered, or failed after `settled_after` (another collector's outcome during this run);
         "held": another owner's claim has not expired; "mine": claimed now, taking over an expired claim if any.
         """
-        return self.settle_and_claim(None, (key, owner, lease_s, settled_after))  # type: ignore[return-value]
+        return self.settle_and_claim_many([(None, (key, owner, lease_s, settled_after))])[0]  # type: ignore[return-value]
 
     def _claim_many(self, claims: list[Claim], now: float) -> list[tuple[str, str | None]]:
         settled: dict[str, tuple[str, float | None]] = {}

@@ -188,7 +188,7 @@ class CacheWriter:
         self.thread.start()
 
     def submit(self, outcome: Outcome | None, claim: Claim | None) -> asyncio.Future:
-        """AnswerCache.settle_and_claim on the cache's thread; the future holds the claim's result.
+        """One op of AnswerCache.settle_and_claim_many on the cache's thread; the future holds the claim's result.
 
         A failed write fails its future and every later submit and close(), awaited or not: no outcome is lost
         silently.
