@@ -1,5 +1,6 @@
-"""Cheaper LoRA dropout masks on a CPU (measured beside torch's in experiments/train_throughput/step_ab.py); on
-other devices the module is torch's nn.Dropout.
+"""CPU training helpers: cheaper LoRA dropout masks (measured beside torch's in
+experiments/train_throughput/step_ab.py; on other devices the module is torch's nn.Dropout), and the precision
+that is fastest on this CPU (`cpu_precision`).
 """
 
 from __future__ import annotations
