@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from gpt4all.core.template import IGNORE_INDEX, encode_pair, render_prompt, resolve_template
 from gpt4all.train import attention
 from gpt4all.train.attention import PACKED_SDPA
-from gpt4all.train.batching import Collator, ResumableSampler, pack_bins
+from gpt4all.train.batching import Collator, ResumableSampler, pack_bins, padding_free
 from gpt4all.train.callbacks import Throughput
 from gpt4all.train.cpu import CPUDropout
 from gpt4all.train.data import ChatDataModule, split_sizes
@@ -277,6 +277,19 @@ def test_pack_collator_restarts_positions_and_masks_boundaries():
     assert "attention_mask" not in batch  # transformers derives the block-diagonal mask from position_ids
 
 
+def test_padding_free_joins_packed_rows_without_padding():
+    a = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}
+    b = {"input_ids": [5, 6, 7], "labels": [5, 6, 7]}
+    packed = Collator(0, pack=True)([[a, b], [b]])
+    flat = padding_free(packed)
+    assert flat["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 5, 6, 7]]
+    assert flat["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]]  # each example still starts at 0
+    assert flat["labels"].tolist() == [[-100, -100, 3, 4, -100, 6, 7, -100, 6, 7]]  # no loss across a boundary
+    assert flat["token_mask"].tolist() == [[1] * 10]
+    padded = Collator(0, pack=False)([[a], [b]])  # rows that need a mask (no position_ids) stay as they are
+    assert padding_free(padded) is padded
+
+
 def test_pack_bins_fit_and_cover():
     lengths = [5, 9, 3, 7, 1, 10, 4, 6]
     bins = pack_bins(lengths, 10)
@@ -320,6 +333,7 @@ def test_packed_attention_gives_the_masked_loss_and_gradients(tiny_model_dir, da
     dm = ChatDataModule(data_dir, tokenizer, TEMPLATE, max_length=64, batch_size=2, val_fraction=0.0,
                         packing="pack", pack_length=256)
     batch = next(iter(dm.train_dataloader()))
+    assert 0 < int((batch["token_mask"] == 0).sum())  # padded rows: the packed path must drop that padding
     results = []
     for packed in (True, False):
         torch.manual_seed(0)
@@ -327,7 +341,9 @@ def test_packed_attention_gives_the_masked_loss_and_gradients(tiny_model_dir, da
         if packed:
             module.on_fit_start()  # what the Trainer calls: on CPU it switches to per-example attention
             assert module.model.config._attn_implementation == PACKED_SDPA
+            assert module.model_batch(batch)["input_ids"].shape == (1, int(batch["token_mask"].sum()))  # padding-free
         else:
+            assert module.model_batch(batch) is batch
             assert module.model.config._attn_implementation == "sdpa"
         with torch.no_grad():
             for name, p in module.named_parameters():
@@ -396,6 +412,16 @@ def test_cpu_dropout_replaces_lora_dropout_with_the_same_distribution(tiny_model
     assert kept.numel() == 1 and abs(float(kept) - 1.25) < 1e-4  # kept values are scaled by 1 / (1 - p)
     assert abs(float(y.mean()) - 1.0) < 0.01
     assert torch.equal(drop.eval()(x), x)
+    # a bf16 input keeps its dtype, and each kept value is x / (1 - p) rounded once, not x times a scale rounded
+    # to bf16 (for p = 0.07 that scale, 1.0753, would be 1.0781)
+    xb = torch.randn(400, 500).to(torch.bfloat16)
+    levels = 1 << 15
+    for p in (0.2, 0.07):
+        yb = CPUDropout(p).train()(xb)
+        assert yb.dtype == torch.bfloat16
+        kept_b = yb != 0
+        scale = levels / (levels - round(p * levels))
+        torch.testing.assert_close(yb[kept_b], (xb.float()[kept_b] * scale).to(torch.bfloat16), atol=0, rtol=0)
     # four decisions come from each 64-bit draw: neighbours must still be independent (for p = 0.5, a
     # neighbouring pair is dropped together a quarter of the time), and every position drops at rate p
     half = CPUDropout(0.5).train()(torch.ones(1000, 1000)) == 0

@@ -9,7 +9,8 @@ machine cancels in the ratios; every precision asked for (bf16 and fp32 by defau
   there is no varlen flash attention: transformers' SDPA gets a block-diagonal causal mask built from the
   position_ids, so attention stays within each example (checked here: `packed_attention_isolated`).
 - HF Trainer + PEFT as alpaca-lora trains: pad to the longest in the batch, full logits, no packing.
-- gpt4all-lab: ChatDataModule (packing) + LoRAModule in a Lightning Trainer.
+- gpt4all-lab: ChatDataModule (packing) + LoRAModule in a Lightning Trainer; on a CPU its packed rows run as one
+  padding-free row with per-example attention, so the pad column counts what the model computes.
 Prints s/step, tokens/s (real tokens, prompt and response), useful tokens/s (response tokens, which carry the
 loss), the held-out loss after the epoch (response-token NLL of the pairs after the training ones), the share of
 this machine's matmul ceiling measured in the same run, the ratios with a bootstrap 95 % CI over steps, and
@@ -102,7 +103,7 @@ def packed_attention_isolated(model, encoded: list[tuple[list[int], list[int]]])
 
 
 def summarize(name: str, rows: list[tuple[float, int, int, int]], warm: int, precision: str) -> dict[str, Any]:
-    """rows: per step (seconds, real tokens, useful tokens, token slots incl. padding)."""
+    """rows: per step (seconds, real tokens, useful tokens, token slots the model ran, incl. padding)."""
     times, tokens, useful, slots = (list(x) for x in zip(*rows))
     t, tok, use, sl = (sum(x[warm:]) for x in (times, tokens, useful, slots))
     steps = len(times) - warm
@@ -224,7 +225,7 @@ def run_lab(ctx: dict[str, Any], precision: str, args) -> tuple[dict[str, Any], 
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.rows.append((time.perf_counter() - self.t, int(batch["token_mask"].sum()),
-                              count_label_tokens(batch["labels"]), batch["input_ids"].numel()))
+                              count_label_tokens(batch["labels"]), pl_module.model_batch(batch)["input_ids"].numel()))
 
     rec = Record()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps or -1, max_epochs=1,

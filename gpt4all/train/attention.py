@@ -27,7 +27,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 PACKED_SDPA = "sdpa_packed"
 MATH_MAX_LENGTH = 1024  # the matmul path keeps heads x length^2 probabilities per layer for the backward
 _UNSUPPORTED = ("softcap", "position_bias", "sliding_window", "s_aux")
-_future_mask = torch.empty(0, 0, dtype=torch.bool)
+_future_bias = torch.empty(0, 0)
 
 
 def packed_spans(position_ids: torch.Tensor | None, q_len: int, kv_len: int) -> list[list[tuple[int, int]]] | None:
@@ -45,24 +45,27 @@ def packed_spans(position_ids: torch.Tensor | None, q_len: int, kv_len: int) -> 
     return spans
 
 
-def future_mask(length: int, device: torch.device) -> torch.Tensor:
-    """(length, length) bool, True above the diagonal (keys after the query); a view of one cached mask."""
-    global _future_mask
-    if _future_mask.shape[0] < length or _future_mask.device != device:
-        _future_mask = torch.ones(length, length, dtype=torch.bool, device=device).triu_(1)
-    return _future_mask[:length, :length]
+def causal_bias(length: int, groups: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(groups * length, length): 0 on and below the diagonal, -inf above (keys after the query), repeated for the
+    query heads of a group. Added inside the scores' matmul (`baddbmm`): on a CPU a bf16 `masked_fill_` of the
+    scores cost as much as the matmul itself."""
+    global _future_bias
+    big = _future_bias
+    if big.shape[0] < length or big.dtype != dtype or big.device != device:
+        big = _future_bias = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu_(1)
+    return big[:length, :length].repeat(groups, 1)
 
 
 class _GroupedCausalAttention(torch.autograd.Function):
-    """softmax(q k^T + causal mask) v with q (kv_heads, groups * L, dim) and k, v (kv_heads, L, dim). The backward
-    is autograd's (the same softmax-backward kernel) from the saved probabilities, minus the mask's own backward:
-    masked probabilities are 0, so the softmax backward already gives their scores no gradient."""
+    """softmax(q k^T + causal bias) v with q (kv_heads, groups * L, dim) and k, v (kv_heads, L, dim). The backward
+    is autograd's (the same softmax-backward kernel) from the saved probabilities: masked probabilities are 0, so
+    the softmax backward gives their scores no gradient."""
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         kv_heads, length = key.shape[:2]
-        scores = torch.bmm(query, key.transpose(1, 2))
-        scores.view(kv_heads, -1, length, length).masked_fill_(future_mask(length, key.device), float("-inf"))
+        bias = causal_bias(length, query.shape[1] // length, query.dtype, query.device)
+        scores = torch.baddbmm(bias, query, key.transpose(1, 2))
         probs = torch.softmax(scores, dim=-1)
         ctx.save_for_backward(query, key, value, probs)
         return torch.bmm(probs, value)

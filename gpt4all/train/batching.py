@@ -108,6 +108,17 @@ class Collator:
         return ids, labels, pos
 
 
+def padding_free(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A packed batch (`Collator(pack=True)`) as one row of its real tokens: the rows concatenated without their
+    padding, `position_ids` still restarting at 0 for each example (TRL's padding-free batches). Attention that
+    keeps examples apart by their positions (gpt4all/train/attention.py) sees the same examples, and the linears,
+    norms and activations no longer run on padding. Other batches are returned unchanged."""
+    keep = batch["token_mask"].bool()
+    if "position_ids" not in batch or bool(keep.all()) and keep.shape[0] == 1:
+        return batch
+    return {k: v[keep][None] if isinstance(v, torch.Tensor) and v.shape == keep.shape else v for k, v in batch.items()}
+
+
 class ResumableSampler(Sampler[int]):
     """Seeded per-epoch shuffle of `n` units, sharded over `world_size` ranks (padded by repetition so every rank
     gets as many batches), skipping the first `skip_batches()` batches of the epoch when resuming.

@@ -26,7 +26,10 @@ class CPUDropout(torch.nn.Dropout):
         threshold = round(self.p * levels)
         draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # 63 uniform bits each
         uniform = draws.view(torch.int16)[: x.numel()].view(x.shape).bitwise_and_(levels - 1)
-        return x * (uniform >= threshold).to(x.dtype).mul_(levels / (levels - threshold))
+        # keep = 1 where uniform >= threshold, in int16 arithmetic (a CPU compare to bool and a bool cast are not
+        # vectorised); times the float32 scale, so a bf16 input is not scaled by a rounded 1 / (1 - p)
+        mask = uniform.sub_(threshold - 1).clamp_(0, 1) * (levels / (levels - threshold))
+        return (x * mask).to(x.dtype)
 
 
 def use_cpu_dropout(model: torch.nn.Module) -> int:

@@ -20,6 +20,7 @@ from gpt4all.core.config import ConfigError
 from gpt4all.core.metrics import count_label_tokens
 from gpt4all.core.template import IGNORE_INDEX
 from gpt4all.train.attention import PACKED_SDPA, use_packed_attention
+from gpt4all.train.batching import padding_free
 from gpt4all.train.cpu import use_cpu_dropout
 from gpt4all.train.loss import linear_cross_entropy
 
@@ -89,7 +90,7 @@ class LoRAModule(L.LightningModule):
     runs only on those positions: the prompt and padding never pay for the widest matmul of a small model and its
     softmax (the same loss as `model(labels=...)`, which the fallback uses for models with logit scaling); on a
     CPU it runs in row chunks (`linear_cross_entropy`), and training on a CPU (`on_fit_start`) switches to
-    per-example attention over packed rows (gpt4all/train/attention.py).
+    per-example attention over packed rows (gpt4all/train/attention.py), whose batches then run padding-free.
     Logs per step: `train/loss`, `train/tokens` (loss tokens in the batch), `train/tokens_seen` (running total,
     kept across resumes) and `lr`; per validation: `val/loss`. Checkpoints hold only the trainable weights.
     """
@@ -152,6 +153,13 @@ class LoRAModule(L.LightningModule):
         return {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
                 "position_ids": batch.get("position_ids"), "use_cache": False}
 
+    def model_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch as the model runs it: with per-example attention (on a CPU), a packed batch becomes one row
+        without padding (`padding_free`), since the rows only added padding."""
+        if getattr(self.model.config, "_attn_implementation", None) == PACKED_SDPA:
+            return padding_free(batch)
+        return batch
+
     def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           labels=labels, use_cache=False)
@@ -159,6 +167,7 @@ class LoRAModule(L.LightningModule):
     def loss(self, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy over the labelled (response) tokens of the batch: their mean, or their sum
         (`reduction="sum"`)."""
+        batch = self.model_batch(batch)
         if self._split is None:
             loss = self.model(**self.model_inputs(batch), labels=batch["labels"]).loss  # HF: the mean
             return loss * count_label_tokens(batch["labels"]) if reduction == "sum" else loss
