@@ -1,8 +1,9 @@
 """A/B of gpt4all-lab's CPU training step: the shipped step against the same step without each CPU change.
 
 Variants (one LoRAModule each, same weights and packed batches, bf16 autocast as `gpt4all-bench train`):
-- shipped: per-example attention (`sdpa_packed`), `CPUDropout` and the chunked `linear_cross_entropy`, as
-  `LoRAModule` trains on CPU;
+- shipped: per-example attention (`sdpa_packed`) over one padding-free row per batch, `CPUDropout` and the
+  chunked `linear_cross_entropy`, as `LoRAModule` trains on CPU;
+- padded_rows: the packed rows as collated (padded to the longest row) instead of one padding-free row;
 - flash_attention: per-example attention through torch's CPU flash kernel in float32 (the fallback of
   `sdpa_packed` for long examples) instead of its bf16 matmul path;
 - masked_attention: transformers' SDPA with the block-diagonal mask over the packed row instead;
@@ -44,12 +45,14 @@ from gpt4all.train.cpu import CPUDropout
 from gpt4all.train.loss import linear_cross_entropy
 from gpt4all.train.module import LoRAModule
 
-VARIANTS = ("shipped", "flash_attention", "masked_attention", "torch_dropout", "full_logits", "before")
+VARIANTS = ("shipped", "padded_rows", "flash_attention", "masked_attention", "torch_dropout", "full_logits", "before")
 
 
 def build(variant: str, model_cfg, cache: str) -> tuple[LoRAModule, torch.optim.Optimizer]:
     module = LoRAModule(load_model(model_cfg, cache, seed=0), OmegaConf.create(LORA), lr=3e-4)
     module.on_fit_start()  # on CPU: per-example attention, as under the Trainer
+    if variant == "padded_rows":
+        module.model_batch = lambda batch: batch
     if variant in ("masked_attention", "before"):
         module.model.set_attn_implementation("sdpa")
     if variant in ("torch_dropout", "before"):
@@ -61,8 +64,8 @@ def build(variant: str, model_cfg, cache: str) -> tuple[LoRAModule, torch.optim.
     return module, torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=3e-4)
 
 
-def full_logits(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(F.linear(hidden, weight).float(), targets)
+def full_logits(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction=reduction)
 
 
 def step(module: LoRAModule, opt: torch.optim.Optimizer, batch: dict, variant: str) -> tuple[float, int]:
@@ -138,6 +141,7 @@ def time_dropout(p: float = 0.05, reps: int = 50) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="JSONL with prompt, response (e.g. gpteacher/codegen.jsonl)")
+    ap.add_argument("--examples", type=int, default=400, help="pairs packed into batches (fewer pack less tightly)")
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
@@ -150,10 +154,10 @@ def main() -> None:
     template = resolve_template(model_cfg.template, tok)
     enc = lambda t: tok.encode(t, add_special_tokens=False)
     examples = [dict(zip(("input_ids", "labels"), encode_pair(enc, template, p, r, 512)))
-                for p, r in load_pairs(args.data, 400)]
+                for p, r in load_pairs(args.data, args.examples)]
     units = make_units(examples, "pack", 2, 512, 0)
     collate = Collator(tok.pad_token_id, pack=True)
-    batches = [collate(units[i:i + 2]) for i in range(0, 2 * args.batches, 2)]
+    batches = [collate(units[i:i + 2]) for i in range(0, min(2 * args.batches, len(units) - 1), 2)]
     variants = [v for v in VARIANTS if v in args.variants]
     models = {v: build(v, model_cfg, cache) for v in variants}
     total, faults = dict.fromkeys(variants, 0.0), dict.fromkeys(variants, 0)
