@@ -12,10 +12,11 @@ Variants (one LoRAModule each, same weights and packed batches, bf16 autocast as
   of `linear_cross_entropy`'s row chunks;
 - before: all of the above reverted (the step before the CPU changes).
 The variants run in turn on every batch (order alternating), so load from other processes hits them alike.
-Also counts the page faults of each variant's steps, and times three parts alone (forward + backward, bf16
-autocast): the attention of one layer on the first packed batch (bf16 matmuls vs the flash kernel per example),
-the loss of 730 response tokens (chunked vs full logits), and the dropout on one LoRA input. Prints tables,
-writes JSON.
+Also counts the page faults of each variant's steps, and times parts alone: forward + backward under bf16
+autocast, the attention of one layer on the first packed batch (bf16 matmuls vs the flash kernel per example) and
+the loss of 730 response tokens (chunked vs full logits); forward only, the dropout on one LoRA input and the
+causal scores of one 300-token example (the mask filled in after the matmul vs a bias added inside it). Prints
+tables, writes JSON.
 
     python experiments/train_throughput/step_ab.py --data ../shared/data/gpteacher/codegen.jsonl --out experiments/train_throughput/step_ab.json
 """
@@ -124,18 +125,41 @@ def time_loss(weight: torch.Tensor, tokens: int = 730) -> dict[str, float]:
             for name, fn in (("full logits", full_logits), ("chunked", linear_cross_entropy))}
 
 
-def time_dropout(p: float = 0.05, reps: int = 50) -> dict[str, float]:
+def mean_ms(fn, reps: int = 50) -> float:
+    """Mean ms of fn() after one untimed call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps * 1000
+
+
+def time_dropout(p: float = 0.05) -> dict[str, float]:
     x = torch.randn(1024, 576)
-    out = {}
-    rand_like = lambda t: t * ((torch.rand_like(t) >= p).to(t.dtype) * (1.0 / (1.0 - p)))  # the previous CPUDropout
-    for name, fn in (("torch F.dropout", lambda t: F.dropout(t, p, True)), ("rand_like mask", rand_like),
-                     ("CPUDropout", CPUDropout(p).train())):
-        fn(x)
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn(x)
-        out[name] = (time.perf_counter() - start) / reps * 1000
-    return out
+    levels = 1 << 15
+    threshold = round(p * levels)
+
+    def bool_mask(t):  # CPUDropout before its int16 keep mask: compare to bool, cast the bool
+        draws = torch.empty((t.numel() + 3) // 4, dtype=torch.int64).random_()
+        uniform = draws.view(torch.int16)[: t.numel()].view(t.shape).bitwise_and_(levels - 1)
+        return t * (uniform >= threshold).to(t.dtype).mul_(levels / (levels - threshold))
+
+    rand_like = lambda t: t * ((torch.rand_like(t) >= p).to(t.dtype) * (1.0 / (1.0 - p)))  # the first CPUDropout
+    fns = {"torch F.dropout": lambda t: F.dropout(t, p, True), "rand_like mask": rand_like,
+           "15-bit draws, bool mask": bool_mask, "CPUDropout": CPUDropout(p).train()}
+    return {name: mean_ms(lambda fn=fn: fn(x)) for name, fn in fns.items()}
+
+
+def time_causal_scores(length: int = 300, kv_heads: int = 3, groups: int = 3) -> dict[str, float]:
+    """The causal scores of one example (SmolLM2's heads, bf16): the mask filled in after the matmul (before)
+    against the cached -inf bias added inside it (`attention.causal_bias`)."""
+    query = torch.randn(kv_heads, groups * length, 64, dtype=torch.bfloat16)
+    key_t = torch.randn(kv_heads, length, 64, dtype=torch.bfloat16).transpose(1, 2)
+    future = torch.ones(length, length, dtype=torch.bool).triu_(1)
+    filled = lambda: torch.bmm(query, key_t).view(kv_heads, groups, length, length).masked_fill_(future, float("-inf"))
+    biased = lambda: torch.baddbmm(attention.causal_bias(length, groups, query.dtype, query.device), query, key_t)
+    torch.testing.assert_close(filled().view_as(biased()), biased(), atol=0, rtol=0)
+    return {"bmm + masked_fill_": mean_ms(filled), "baddbmm with causal_bias": mean_ms(biased)}
 
 
 def main() -> None:
@@ -177,7 +201,7 @@ def main() -> None:
     alone = {"attention_one_layer_ms": time_attention(shipped.base_model.model.model.layers[0].self_attn,
                                                       batches[0]["position_ids"]),
              "loss_730_tokens_ms": time_loss(shipped.get_output_embeddings().weight),
-             "dropout_1024x576_ms": time_dropout()}
+             "dropout_1024x576_ms": time_dropout(), "causal_scores_L300_ms": time_causal_scores()}
     for part, times in alone.items():
         print(f"{part}: " + ", ".join(f"{k} {ms:.2f}" for k, ms in times.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ class _GroupedCausalAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        kv_heads, length = key.shape[:2]
+        length = key.shape[1]
         bias = causal_bias(length, query.shape[1] // length, query.dtype, query.device)
         scores = torch.baddbmm(bias, query, key.transpose(1, 2))
         probs = torch.softmax(scores, dim=-1)
